@@ -1,0 +1,46 @@
+# Set-up, tests and the main job. `make demo DATA=DIR` and `make test` create .venv and install on first use.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DATA   ?= $(LANDMARKS_DATA)
+PRESET ?= glr
+RUN    ?= runs/demo-$(PRESET)
+
+.PHONY: install test test-fast demo bench clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: install
+	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not browser"
+
+demo: install
+	@if [ -z "$(DATA)" ]; then \
+	  echo "make demo needs photos: DATA=DIR, a folder of class subfolders (DIR/<landmark name>/*.jpg) or a GLDv2/Kaggle folder with train.csv (e.g. DATA=../shared/data/landmarks-mini), or set LANDMARKS_DATA." >&2; \
+	  exit 2; fi
+	@test -d "$(DATA)" || { echo "make demo: DATA=$(DATA) is not a folder." >&2; exit 2; }
+	rm -rf $(RUN)
+	$(VENV)/bin/landmarks train --data $(DATA) --config $(PRESET) --out $(RUN)
+	@if [ -f "$(DATA)/test.csv" ]; then \
+	  $(VENV)/bin/landmarks evaluate $(RUN) --data $(DATA) && \
+	  $(VENV)/bin/landmarks submit $(RUN) --data $(DATA) --out $(RUN)/submission.csv; \
+	else echo "$(DATA) has no test.csv: metrics are on the held-out split only, no submission written."; fi
+	@echo; echo "run folder:  $(RUN)"; echo "metrics:     $(RUN)/metrics.json and $(RUN)/evaluation/"; \
+	  echo "plots:       $(RUN)/plots/ (curves, augmentations, predictions)"; \
+	  test -f $(RUN)/submission.csv && echo "submission:  $(RUN)/submission.csv" || true
+
+bench: install
+	$(PY) benchmarks/bench_train.py --write
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,3 @@
+"""landmarks: recognise landmarks in photos."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,249 @@
+"""The ``landmarks`` command: one sub-command per verb."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from landmarks.errors import LandmarksError
+
+log = logging.getLogger("landmarks")
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def _existing_dir(text: str) -> Path:
+    path = Path(text)
+    if not path.exists():
+        raise LandmarksError(f"Folder {path} does not exist.")
+    if not path.is_dir():
+        raise LandmarksError(f"{path} is not a folder.")
+    return path
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from landmarks.config import load_config
+    from landmarks.train.loop import train
+
+    data = _existing_dir(args.data)
+    config = load_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = train(config, data, out, resume=args.resume)
+    _print_run_summary(run_dir)
+    return 0
+
+
+def _print_run_summary(run_dir: Path) -> None:
+    metrics_path = run_dir / "metrics.json"
+    if metrics_path.exists():
+        metrics = json.loads(metrics_path.read_text())
+        shown = {k: metrics[k] for k in ("accuracy", "top5_accuracy", "gap", "map_at_100", "train_minutes") if k in metrics}
+        print("held-out metrics: " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    print(f"run folder: {run_dir}")
+    print(f"metrics:    {metrics_path}")
+    print(f"plots:      {run_dir / 'plots'}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from landmarks.evaluate.report import evaluate_run
+
+    result, out_dir = evaluate_run(_existing_dir(args.run), _existing_dir(args.data), backend=args.backend)
+    for key in ("accuracy", "top5_accuracy", "gap", "map_at_100"):
+        if key in result:
+            print(f"{key:<14} {result[key]:.4f}")
+    print(f"queries        {result['queries']} ({result['queries_with_landmark']} with a known landmark)")
+    if result.get("unreadable_images"):
+        print(f"skipped        {result['unreadable_images']} unreadable images")
+    print(f"report:        {out_dir}")
+    return 0
+
+
+def _collect_images(paths: Sequence[str]) -> list[Path]:
+    images: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            images.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.exists():
+            images.append(path)
+        else:
+            raise LandmarksError(f"{path} does not exist.")
+    if not images:
+        raise LandmarksError("No images found in " + ", ".join(paths) + ".")
+    return images
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from landmarks.recognize.predict import predict_to_stream
+
+    recognizer_run = _existing_dir(args.run)
+    images = _collect_images(args.paths)
+    return predict_to_stream(
+        recognizer_run, images, top_k=args.top_k, as_json=args.json, out=Path(args.out) if args.out else None,
+        backend=args.backend, batch_size=args.batch_size,
+    )
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from landmarks.evaluate.report import write_submission
+
+    rows, failed = write_submission(_existing_dir(args.run), _existing_dir(args.data), Path(args.out), backend=args.backend)
+    print(f"wrote {rows} predictions to {args.out}" + (f" ({failed} unreadable images left empty)" if failed else ""))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from landmarks.export.onnx import export_run
+
+    report = export_run(_existing_dir(args.run), quantize=args.quantize)
+    for key, value in report.items():
+        print(f"{key:<28} {value}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from landmarks.serve.app import serve
+
+    serve(_existing_dir(args.run), host=args.host, port=args.port, backend=args.backend)
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from landmarks.data.catalog import read_catalog, write_catalog
+    from landmarks.data.sampling import sample_top_landmarks
+
+    catalog = read_catalog(_existing_dir(args.data))
+    frame = catalog.frame[catalog.frame["landmark_id"] >= 0]
+    sampled = sample_top_landmarks(frame, args.classes, args.per_class, args.seed)
+    names = {int(i): catalog.name_of(int(i)) for i in sampled["landmark_id"].unique()}
+    write_catalog(sampled, names, Path(args.out))
+    print(f"wrote {len(sampled)} photos of {sampled['landmark_id'].nunique()} landmarks to {args.out} (images not copied)")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from landmarks.data.download import DEFAULT_BASE_URL, download_gldv2, parse_shards
+
+    shards = parse_shards(args.shards, args.split) if args.shards else None
+    report = download_gldv2(
+        args.split, Path(args.out), shards=shards, metadata=args.metadata, base_url=args.base_url or DEFAULT_BASE_URL,
+        workers=args.workers,
+    )
+    print(
+        f"{len(report.shards_done)} shards downloaded, {len(report.shards_skipped)} already done, "
+        f"{report.bytes_downloaded / 1e6:.1f} MB, {len(report.refetched)} re-fetched after a bad md5; data in {args.out}"
+    )
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    from landmarks.config import preset_names
+
+    print("\n".join(preset_names()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="landmarks", description="Recognise landmarks in photos.")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model and write a run folder")
+    p.add_argument("--data", required=True, help="GLDv2/Kaggle folder (train.csv) or class folders")
+    p.add_argument("--config", default="seed-cnn", help="preset name (see `landmarks presets`) or a YAML file")
+    p.add_argument("--out", help="run folder (default runs/<preset>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.epochs=5")
+    p.set_defaults(func=cmd_train)
+
+    backend_help = "auto (ONNX Runtime when model.onnx exists), onnx or torch"
+    p = sub.add_parser("evaluate", help="accuracy, GAP, mAP@100 on DIR's test.csv + *_solution.csv")
+    p.add_argument("run")
+    p.add_argument("--data", required=True)
+    p.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"), help=backend_help)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="top-k landmarks for photos or folders of photos")
+    p.add_argument("run")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--json", action="store_true", help="one JSON object per photo (JSON lines)")
+    p.add_argument("--out", help="write predictions to a .csv or .jsonl file instead of stdout")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"), help=backend_help)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("submit", help="Kaggle submission.csv for DIR's test.csv")
+    p.add_argument("run")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", default="submission.csv")
+    p.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"), help=backend_help)
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("export", help="write model.onnx into the run folder and verify it")
+    p.add_argument("run")
+    p.add_argument("--format", default="onnx", choices=("onnx",))
+    p.add_argument("--quantize", choices=("int8",), help="also write an int8 model (model.int8.onnx) and report its accuracy")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="web page and REST API over a run")
+    p.add_argument("run")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"), help=backend_help)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("sample", help="the K most frequent landmarks, at most N photos each, as a new dataset")
+    p.add_argument("--data", required=True)
+    p.add_argument("--classes", type=int, required=True)
+    p.add_argument("--per-class", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=42)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("download", help="GLDv2 metadata and image shards, md5-verified and resumable")
+    p.add_argument("dataset", choices=("gldv2",))
+    p.add_argument("--split", required=True, choices=("train", "index", "test"))
+    p.add_argument("--shards", help="e.g. 0-4,7 (default: all shards of the split)")
+    p.add_argument("--metadata", action="store_true", help="also fetch the split's metadata CSVs")
+    p.add_argument("--out", required=True)
+    p.add_argument("--base-url", help="mirror of https://s3.amazonaws.com/google-landmark")
+    p.add_argument("--workers", type=int, default=4, help="shards fetched in parallel")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("presets", help="list the shipped presets")
+    p.set_defaults(func=cmd_presets)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from landmarks import utils
+
+    utils.QUIET = args.quiet
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "timm"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return args.func(args)
+    except LandmarksError as error:
+        print(f"landmarks: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("landmarks: interrupted (a training run continues with --resume).", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reading catalogs, sampling, splitting, decoding, caching and augmenting images."""

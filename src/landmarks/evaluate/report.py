@@ -1,0 +1,194 @@
+"""Evaluation reports: metrics.json, per-landmark CSV, confused pairs and plots, all through the Recognizer."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from landmarks.config import Config
+from landmarks.data.augment import build_train_transform
+from landmarks.data.catalog import read_catalog
+from landmarks.errors import DataError
+from landmarks.evaluate import metrics, plots
+from landmarks.recognize.embed import TorchEmbedder
+from landmarks.recognize.index import EmbeddingIndex
+from landmarks.recognize.recognizer import NO_LANDMARK, Prediction, Recognizer
+from landmarks.utils import progress, write_json
+
+if TYPE_CHECKING:
+    from landmarks.models.registry import LandmarkModel
+    from landmarks.train.loop import PreparedData
+
+log = logging.getLogger(__name__)
+
+
+def compute_metrics(
+    predictions: Sequence[Prediction], true_ids: Sequence[int], recognizer: Recognizer, embeddings: np.ndarray
+) -> dict[str, float | int]:
+    """Accuracy, top-5 accuracy, GAP and retrieval mAP@100 of predictions against the truth (-1 = no landmark)."""
+    true = np.asarray(true_ids, dtype=np.int64)
+    predicted = np.array([p.landmark_id for p in predictions], dtype=np.int64)
+    confidences = np.array([p.confidence for p in predictions], dtype=np.float64)
+    ranked = np.full((len(predictions), 5), NO_LANDMARK, dtype=np.int64)
+    for row, prediction in enumerate(predictions):
+        ids = [c.landmark_id for c in prediction.candidates[:5]]
+        ranked[row, : len(ids)] = ids
+    result: dict[str, float | int] = {
+        "queries": int(len(true)),
+        "queries_with_landmark": int((true != NO_LANDMARK).sum()),
+        "accuracy": metrics.accuracy(predicted, true),
+        "top5_accuracy": metrics.top_k_accuracy(ranked, true, 5),
+        "gap": metrics.global_average_precision(predicted, confidences, true),
+    }
+    if recognizer.index is not None and len(recognizer.index) and len(embeddings):
+        _, _, retrieved = recognizer.search(embeddings, min(100, len(recognizer.index)))
+        counts = [recognizer.index.count_of(int(t)) if t != NO_LANDMARK else 0 for t in true]
+        result["map_at_100"] = metrics.mean_average_precision_at_k(retrieved, true, counts, k=100)
+    landmark = true != NO_LANDMARK
+    if landmark.any() and (~landmark).any():
+        result["mean_confidence_landmark"] = float(confidences[landmark].mean())
+        result["mean_confidence_non_landmark"] = float(confidences[~landmark].mean())
+    return result
+
+
+def write_report(
+    out_dir: Path,
+    predictions: Sequence[Prediction],
+    true_ids: Sequence[int],
+    names: dict[int, str],
+    result: dict,
+) -> None:
+    """metrics.json, per_landmark.csv, confused_pairs.csv and the confidence histogram in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    predicted = [p.landmark_id for p in predictions]
+    write_json(out_dir / "metrics.json", result)
+    metrics.per_landmark_report(predicted, true_ids, names).to_csv(out_dir / "per_landmark.csv", index=False)
+    metrics.confused_pairs(predicted, true_ids, names).to_csv(out_dir / "confused_pairs.csv", index=False)
+    true = np.asarray(true_ids)
+    confidences = np.array([p.confidence for p in predictions])
+    if (true == NO_LANDMARK).any():
+        plots.plot_confidence_histogram(
+            confidences[true != NO_LANDMARK], confidences[true == NO_LANDMARK], out_dir / "plots" / "confidence.png"
+        )
+
+
+def collage(
+    images: Sequence[np.ndarray], predictions: Sequence[Prediction], true_ids: Sequence[int], names: dict[int, str], out: Path
+) -> None:
+    """plots/predictions.png: photos with predicted name and confidence, mistakes in red."""
+    true_names = [names.get(int(t), str(t)) if t != NO_LANDMARK else "(no landmark)" for t in true_ids]
+    plots.plot_predictions(
+        list(images), true_names, [p.name for p in predictions], [p.confidence for p in predictions], out
+    )
+
+
+def plot_augmentation_grid(config: Config, data: "PreparedData", out: Path, photos: int = 6, views: int = 5) -> None:
+    """plots/augmentations.png: raw training photos beside augmented versions of them."""
+    rng = np.random.default_rng(config.train.seed)
+    indices = data.indices("train")
+    chosen = rng.choice(indices, size=min(photos, len(indices)), replace=False)
+    transform = build_train_transform(config.augment, config.data.image_size_px)
+    raw, augmented, titles = [], [], []
+    for index in chosen:
+        image = np.asarray(data.cache.images[index])
+        tensor = torch.from_numpy(image.copy()).permute(2, 0, 1)
+        raw.append(image)
+        augmented.append([transform(tensor).permute(1, 2, 0).numpy() for _ in range(views)])
+        titles.append(data.names[int(data.frame["landmark_id"].iat[index])])
+    plots.plot_augmentations(raw, augmented, out, titles)
+
+
+def build_index(
+    embedder: TorchEmbedder, data: "PreparedData", index_type: str, splits: tuple[str, ...] = ("train", "val")
+) -> EmbeddingIndex:
+    """Embed the reference photos (from the image cache) into a FAISS index."""
+    indices = np.concatenate([data.indices(s) for s in splits])
+    chunks = []
+    for start in progress(range(0, len(indices), 64), desc="indexing", unit="batch"):
+        batch = np.asarray(data.cache.images[indices[start : start + 64]])
+        chunks.append(embedder(batch)[0])
+    embeddings = np.concatenate(chunks)
+    return EmbeddingIndex.build(
+        embeddings,
+        data.frame["id"].to_numpy()[indices].tolist(),
+        data.frame["landmark_id"].to_numpy()[indices],
+        index_type=index_type,
+    )
+
+
+def finish_run(run_dir: Path, config: Config, data: "PreparedData", model: "LandmarkModel") -> dict:
+    """After training: the reference index, metrics on the held-out split, curves and a prediction collage."""
+    model.eval()
+    embedder = TorchEmbedder(model, tta_flip=config.recognize.tta_flip)
+    index = build_index(embedder, data, config.recognize.index_type)
+    index.save(run_dir / "index")
+    recognizer = Recognizer(embedder, data.landmark_ids, data.names, index, config.recognize, run_dir)
+    history = pd.read_csv(run_dir / "history.csv")
+    plots.plot_curves(history, run_dir / "plots" / "curves.png")
+    result: dict = {"split": "held-out test split of the training data", "epochs": int(len(history))}
+    test = data.indices("test")
+    if len(test):
+        images = np.asarray(data.cache.images[test])
+        embeddings, logits = recognizer.embed(images)
+        predictions = recognizer.score(embeddings, logits)
+        true = data.frame["landmark_id"].to_numpy()[test]
+        result.update(compute_metrics(predictions, true, recognizer, embeddings))
+        result["classifier_accuracy"] = float((data.landmark_ids[logits.argmax(1)] == true).mean())
+        write_report(run_dir / "evaluation" / "held-out", predictions, true, data.names, result)
+    result["train_minutes"] = float(history["seconds"].sum() / 60)
+    result["best_epoch"] = int(history["val_loss"].idxmin() + 1) if history["val_loss"].notna().any() else len(history)
+    write_json(run_dir / "metrics.json", result)
+    val = data.indices("val")
+    if len(val):
+        shown = np.random.default_rng(config.train.seed).choice(val, size=min(16, len(val)), replace=False)
+        images = np.asarray(data.cache.images[shown])
+        collage(images, recognizer.predict(images), data.frame["landmark_id"].to_numpy()[shown], data.names,
+                run_dir / "plots" / "predictions.png")
+    return result
+
+
+def evaluate_run(run_dir: Path, data_dir: Path, backend: str = "auto", out_dir: Path | None = None) -> tuple[dict, Path]:
+    """Metrics of a run on DIR's test.csv and *_solution.csv; returns the metrics and the report folder."""
+    catalog = read_catalog(data_dir, "test")
+    true = catalog.frame["landmark_id"].to_numpy()
+    if (true == NO_LANDMARK).all():
+        raise DataError(f"{data_dir} has no ground truth for its test photos (a *_solution.csv with id,landmarks).")
+    recognizer = Recognizer.load(run_dir, backend=backend)
+    paths = catalog.frame["path"].tolist()
+    from landmarks.recognize.embed import embed_paths
+
+    embeddings, logits, valid, failures = embed_paths(recognizer.embedder, paths, desc="evaluating")
+    predictions = recognizer.score(embeddings, logits) if valid.any() else []
+    true_valid = true[valid]
+    result = compute_metrics(predictions, true_valid, recognizer, embeddings)
+    result["unreadable_images"] = len(failures)
+    result["data"] = str(Path(data_dir).resolve())
+    out_dir = out_dir or Path(run_dir) / "evaluation" / Path(data_dir).resolve().name
+    names = {**recognizer.names, **catalog.names}
+    write_report(out_dir, predictions, true_valid, names, result)
+    shown = np.random.default_rng(0).choice(len(predictions), size=min(16, len(predictions)), replace=False)
+    from landmarks.data.images import decode_image
+
+    valid_paths = np.asarray(paths)[valid]
+    collage([decode_image(valid_paths[i], 160) for i in shown], [predictions[i] for i in shown], true_valid[shown], names,
+            out_dir / "plots" / "predictions.png")
+    return result, out_dir
+
+
+def write_submission(run_dir: Path, data_dir: Path, out: Path, backend: str = "auto") -> tuple[int, int]:
+    """Kaggle's ``id,landmarks`` with ``"<landmark_id> <score>"``; an unreadable photo gets an empty prediction."""
+    catalog = read_catalog(data_dir, "test")
+    recognizer = Recognizer.load(run_dir, backend=backend)
+    predictions, failures = recognizer.predict_paths(catalog.frame["path"].tolist())
+    rows = [
+        f"{p.landmark_id} {p.confidence:.6f}" if p is not None and p.landmark_id != NO_LANDMARK else ""
+        for p in predictions
+    ]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"id": catalog.frame["id"], "landmarks": rows}).to_csv(out, index=False)
+    return len(rows), len(failures)

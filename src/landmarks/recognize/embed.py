@@ -1,0 +1,131 @@
+"""Embedders: uint8 photos in, L2-normalised embeddings and classifier logits out."""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Iterator, Protocol, Sequence
+
+import numpy as np
+import torch
+
+from landmarks.data.images import decode_image
+from landmarks.errors import ImageError
+from landmarks.utils import progress
+
+log = logging.getLogger(__name__)
+
+
+class Embedder(Protocol):
+    """Anything that maps a batch of uint8 NHWC photos to (embeddings (N, D), logits (N, C))."""
+
+    input_size_px: int
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def to_model_input(images: np.ndarray) -> torch.Tensor:
+    """uint8 NHWC -> float32 NCHW in [0, 1], the input every LandmarkModel takes."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def l2_normalize(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class TorchEmbedder:
+    """Runs a LandmarkModel eagerly in PyTorch."""
+
+    def __init__(self, model: torch.nn.Module, tta_flip: bool = False, batch_size: int = 64):
+        self.model = model.eval()
+        self.tta_flip = tta_flip
+        self.batch_size = batch_size
+        self.input_size_px = int(model.input_size_px)
+
+    @torch.inference_mode()
+    def _forward(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding, logits = self.model(batch)
+        if self.tta_flip:
+            flipped_embedding, flipped_logits = self.model(batch.flip(3))
+            embedding = torch.nn.functional.normalize(embedding, dim=1) + torch.nn.functional.normalize(flipped_embedding, dim=1)
+            logits = (logits + flipped_logits) / 2
+        return embedding, logits
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        embeddings, logits = [], []
+        for start in range(0, len(images), self.batch_size):
+            e, l = self._forward(to_model_input(images[start : start + self.batch_size]))
+            embeddings.append(e.float().numpy())
+            logits.append(l.float().numpy())
+        if not embeddings:
+            return np.zeros((0, self.model.embedding_dim), np.float32), np.zeros((0, self.model.num_classes), np.float32)
+        return l2_normalize(np.concatenate(embeddings)), np.concatenate(logits).astype(np.float32)
+
+
+def decode_batches(
+    paths: Sequence[str | Path], size_px: int, batch_size: int = 64, workers: int = 2
+) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]]:
+    """Decode photos in parallel threads, a batch ahead of the consumer.
+
+    Yields (positions of the decoded photos in ``paths``, their uint8 NHWC pixels, failures as (path, reason)).
+    Memory stays bounded by two batches however many photos there are.
+    """
+
+    def load(chunk: Sequence[tuple[int, str | Path]]) -> tuple[np.ndarray, np.ndarray, list[tuple[str, str]]]:
+        positions, pixels, failures = [], [], []
+        for position, path in chunk:
+            try:
+                pixels.append(decode_image(path, size_px))
+                positions.append(position)
+            except ImageError as error:
+                failures.append((str(path), str(error)))
+        array = np.stack(pixels) if pixels else np.zeros((0, size_px, size_px, 3), np.uint8)
+        return np.asarray(positions, dtype=np.int64), array, failures
+
+    items = list(enumerate(paths))
+    sub = max(1, batch_size // max(1, workers))
+    chunks = [items[i : i + batch_size] for i in range(0, len(items), batch_size)]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+
+        def submit(chunk):  # split a batch across the threads
+            return [pool.submit(load, chunk[i : i + sub]) for i in range(0, len(chunk), sub)]
+
+        pending = submit(chunks[0]) if chunks else []
+        for next_index in range(1, len(chunks) + 1):
+            upcoming = submit(chunks[next_index]) if next_index < len(chunks) else []
+            parts = [future.result() for future in pending]
+            yield (
+                np.concatenate([p[0] for p in parts]),
+                np.concatenate([p[1] for p in parts]),
+                [f for p in parts for f in p[2]],
+            )
+            pending = upcoming
+
+
+def embed_paths(
+    embedder: Embedder, paths: Sequence[str | Path], batch_size: int = 64, workers: int = 2, desc: str = "embedding"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[tuple[str, str]]]:
+    """Embed photos from disk: (embeddings, logits, valid mask, failures); unreadable photos are skipped and reported."""
+    embeddings: list[np.ndarray] = []
+    logits: list[np.ndarray] = []
+    valid = np.zeros(len(paths), dtype=bool)
+    failures: list[tuple[str, str]] = []
+    bar = progress(None, total=len(paths), desc=desc, unit="img") if len(paths) > batch_size else None
+    for positions, pixels, failed in decode_batches(paths, embedder.input_size_px, batch_size, workers):
+        if len(pixels):
+            e, l = embedder(pixels)
+            embeddings.append(e)
+            logits.append(l)
+            valid[positions] = True
+        failures.extend(failed)
+        if bar is not None:
+            bar.update(len(positions) + len(failed))
+    if bar is not None:
+        bar.close()
+    for path, reason in failures:
+        log.warning("skipped %s: %s", path, reason)
+    if not embeddings:
+        return np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32), valid, failures
+    return np.concatenate(embeddings), np.concatenate(logits), valid, failures

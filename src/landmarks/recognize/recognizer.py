@@ -1,0 +1,203 @@
+"""The Recognizer: the one object that turns photos into landmark predictions.
+
+predict, submit, evaluate and the web service all go through it; none re-implements scoring.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from landmarks.config import RecognizeConfig
+from landmarks.errors import DataError
+from landmarks.recognize.embed import Embedder, TorchEmbedder, embed_paths
+from landmarks.recognize.index import EmbeddingIndex
+
+log = logging.getLogger(__name__)
+
+NO_LANDMARK = -1
+
+
+@dataclass
+class Candidate:
+    landmark_id: int
+    name: str
+    score: float
+
+
+@dataclass
+class Neighbour:
+    image_id: str
+    landmark_id: int
+    similarity: float
+
+
+@dataclass
+class Prediction:
+    """The best landmark for a photo, its confidence in [0, 1], the runners-up and the nearest reference photos."""
+
+    landmark_id: int
+    name: str
+    confidence: float
+    candidates: list[Candidate] = field(default_factory=list)
+    neighbours: list[Neighbour] = field(default_factory=list)
+    known: bool = True  # False when the confidence is below recognize.min_confidence: "no known landmark"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+class Recognizer:
+    """Embeds photos, looks up their nearest reference photos and fuses kNN with the classifier."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        class_landmark_ids: np.ndarray,
+        names: dict[int, str],
+        index: EmbeddingIndex | None,
+        config: RecognizeConfig,
+        run_dir: Path | None = None,
+    ):
+        self.embedder = embedder
+        self.class_landmark_ids = np.asarray(class_landmark_ids, dtype=np.int64)
+        self.class_of = {int(l): i for i, l in enumerate(self.class_landmark_ids)}
+        self.names = dict(names)
+        self.index = index
+        self.config = config
+        self.run_dir = run_dir
+
+    # -- loading -----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, run_dir: str | Path, backend: str = "auto", tta_flip: bool | None = None) -> "Recognizer":
+        """Load a run folder; ``backend`` is auto (ONNX Runtime when model.onnx exists), onnx or torch."""
+        run_dir = Path(run_dir)
+        if not run_dir.is_dir():
+            raise DataError(f"Run folder {run_dir} does not exist.")
+        for required in ("model.json", "labels.csv"):
+            if not (run_dir / required).exists():
+                raise DataError(f"{run_dir} is not a run folder: {required} is missing.")
+        config = RecognizeConfig()
+        config_path = run_dir / "config.yaml"
+        if config_path.exists():
+            saved = (yaml.safe_load(config_path.read_text()) or {}).get("recognize", {}) or {}
+            for key, value in saved.items():
+                if hasattr(config, key):
+                    setattr(config, key, value)
+        if tta_flip is not None:
+            config.tta_flip = tta_flip
+        embedder = load_embedder(run_dir, backend, config.tta_flip)
+        labels = pd.read_csv(run_dir / "labels.csv")
+        names = {int(l): str(n) for l, n in zip(labels["landmark_id"], labels["name"])}
+        index = EmbeddingIndex.load(run_dir / "index") if (run_dir / "index" / "index.faiss").exists() else None
+        recognizer = cls(embedder, labels["landmark_id"].to_numpy(), names, index, config, run_dir)
+        return recognizer
+
+    @property
+    def input_size_px(self) -> int:
+        return self.embedder.input_size_px
+
+    def name_of(self, landmark_id: int) -> str:
+        return self.names.get(int(landmark_id), str(landmark_id))
+
+    # -- prediction --------------------------------------------------------------------------
+    def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 NHWC photos at ``input_size_px`` -> (embeddings, logits)."""
+        return self.embedder(images)
+
+    def predict(self, images: np.ndarray) -> list[Prediction]:
+        """Predictions for uint8 NHWC photos already decoded at ``input_size_px``."""
+        return self.score(*self.embed(images))
+
+    def predict_paths(
+        self, paths: Sequence[str | Path], batch_size: int = 64, workers: int = 2
+    ) -> tuple[list[Prediction | None], list[tuple[str, str]]]:
+        """Predictions for photo files (None where a file is unreadable) and the failures as (path, reason)."""
+        embeddings, logits, valid, failures = embed_paths(self.embedder, paths, batch_size, workers)
+        scored = iter(self.score(embeddings, logits)) if valid.any() else iter(())
+        return [next(scored) if ok else None for ok in valid], failures
+
+    def search(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(similarities, positions, landmark ids) of the k nearest reference photos, -1 padded."""
+        if self.index is None or len(self.index) == 0:
+            empty = np.zeros((len(embeddings), 0))
+            return empty.astype(np.float32), empty.astype(np.int64), empty.astype(np.int64)
+        similarities, positions = self.index.search(embeddings, k)
+        return similarities, positions, self.index.landmark_ids_at(positions)
+
+    def score(self, embeddings: np.ndarray, logits: np.ndarray) -> list[Prediction]:
+        """Fuse kNN similarities and classifier probabilities into one prediction per photo.
+
+        For each candidate landmark: knn = highest cosine similarity among the k nearest reference photos of
+        that landmark (0 if none), classifier = softmax probability (for landmarks enrolled after training,
+        which the classifier does not know, the knn score stands in). fused = w * knn + (1 - w) * classifier.
+        Reference photos known to show no landmark (landmark id -1) pull the confidence down by how much
+        closer they are than the best landmark's photo.
+        """
+        cfg = self.config
+        probabilities = softmax(logits) if logits.size else np.zeros((len(embeddings), 0), np.float32)
+        weight = cfg.knn_weight if self.index is not None and len(self.index) else 0.0
+        similarities, positions, neighbour_labels = self.search(embeddings, max(cfg.knn_k, cfg.show_neighbours))
+        results: list[Prediction] = []
+        top_classes = np.argsort(-probabilities, axis=1)[:, : cfg.top_k] if probabilities.size else None
+        for row in range(len(embeddings)):
+            knn: dict[int, float] = {}
+            non_landmark_similarity = -1.0
+            for similarity, landmark_id in zip(similarities[row, : cfg.knn_k], neighbour_labels[row, : cfg.knn_k]):
+                landmark_id = int(landmark_id)
+                if landmark_id == NO_LANDMARK:
+                    non_landmark_similarity = max(non_landmark_similarity, float(similarity))
+                    continue
+                knn[landmark_id] = max(knn.get(landmark_id, -1.0), float(similarity))
+            candidate_ids = set(knn)
+            if top_classes is not None:
+                candidate_ids.update(int(self.class_landmark_ids[c]) for c in top_classes[row])
+            scores = []
+            for landmark_id in candidate_ids:
+                knn_score = max(0.0, knn.get(landmark_id, 0.0))
+                column = self.class_of.get(landmark_id)
+                classifier_score = float(probabilities[row, column]) if column is not None else knn_score
+                fused = weight * knn_score + (1 - weight) * classifier_score
+                if non_landmark_similarity > 0:
+                    fused -= cfg.non_landmark_penalty * max(0.0, non_landmark_similarity - knn.get(landmark_id, 0.0))
+                scores.append((min(1.0, max(0.0, fused)), landmark_id))
+            scores.sort(key=lambda item: (-item[0], item[1]))
+            candidates = [Candidate(l, self.name_of(l), round(s, 6)) for s, l in scores[: cfg.top_k]]
+            neighbours = [
+                Neighbour(self.index.image_ids[p], int(l), round(float(s), 6))
+                for s, p, l in zip(similarities[row, : cfg.show_neighbours], positions[row], neighbour_labels[row])
+                if p >= 0
+            ]
+            best = candidates[0] if candidates else Candidate(NO_LANDMARK, "(no landmark)", 0.0)
+            results.append(
+                Prediction(
+                    best.landmark_id, best.name, best.score, candidates, neighbours, best.score >= cfg.min_confidence
+                )
+            )
+        return results
+
+
+def load_embedder(run_dir: Path, backend: str = "auto", tta_flip: bool = False) -> Embedder:
+    """The embedder of a run folder: ONNX Runtime when asked or when model.onnx exists, else PyTorch."""
+    onnx_path = run_dir / "model.onnx"
+    if backend == "onnx" or (backend == "auto" and onnx_path.exists()):
+        from landmarks.export.onnx import OnnxEmbedder
+
+        if not onnx_path.exists():
+            raise DataError(f"{run_dir} has no model.onnx; run `landmarks export {run_dir}` first.")
+        return OnnxEmbedder(onnx_path, tta_flip=tta_flip)
+    from landmarks.models.registry import load_model
+
+    return TorchEmbedder(load_model(run_dir), tta_flip=tta_flip)

@@ -1,0 +1,378 @@
+"""Training: epochs, validation, early stopping, atomic checkpoints, resume, and the run folder."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.utils.data import DataLoader, TensorDataset
+
+from landmarks.config import Config, dump_config, load_config
+from landmarks.data.augment import (
+    CachedImageDataset,
+    build_train_transform,
+    class_balanced_sampler,
+    class_weights,
+)
+from landmarks.data.catalog import Catalog, read_catalog
+from landmarks.data.images import ImageCache
+from landmarks.data.sampling import sample_top_landmarks, stratified_split
+from landmarks.errors import LandmarksError
+from landmarks.models.registry import LandmarkModel, build_model, save_model
+from landmarks.train import distributed
+from landmarks.utils import atomic_torch_save, progress, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedData:
+    """A catalog encoded to class indices, split, and decoded into the image cache."""
+
+    frame: pd.DataFrame  # id, path, landmark_id, class_index, split
+    names: dict[int, str]
+    landmark_ids: np.ndarray  # class_index -> landmark_id
+    cache: ImageCache
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero((self.frame["split"] == split).to_numpy() & self.cache.valid)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.landmark_ids)
+
+
+def prepare_data(config: Config, data_dir: Path) -> PreparedData:
+    """Read, sample, encode and split the training data, and fill the image cache."""
+    catalog: Catalog = read_catalog(data_dir, "train")
+    frame = catalog.frame[catalog.frame["landmark_id"] >= 0]
+    if config.data.top_classes or config.data.max_per_class:
+        frame = sample_top_landmarks(frame, config.data.top_classes, config.data.max_per_class, config.train.seed)
+    frame = frame.reset_index(drop=True).copy()
+    landmark_ids = np.sort(frame["landmark_id"].unique())
+    frame["class_index"] = np.searchsorted(landmark_ids, frame["landmark_id"].to_numpy())
+    train_idx, val_idx, test_idx = stratified_split(
+        frame["class_index"].to_numpy(), config.data.val_fraction, config.data.test_fraction, config.train.seed
+    )
+    split = np.empty(len(frame), dtype=object)
+    split[train_idx], split[val_idx], split[test_idx] = "train", "val", "test"
+    frame["split"] = split
+    cache = ImageCache.build(
+        frame["path"].tolist(), config.data.image_size_px, config.data.cache_dir, workers=max(1, config.train.workers)
+    )
+    if cache.num_failed:
+        log.warning("skipped %d unreadable images of %d", cache.num_failed, len(frame))
+    names = {int(i): catalog.name_of(int(i)) for i in landmark_ids}
+    return PreparedData(frame, names, landmark_ids, cache)
+
+
+def write_labels(data: PreparedData, run_dir: Path) -> None:
+    """``labels.csv``: class_index, landmark_id, name."""
+    pd.DataFrame(
+        {
+            "class_index": np.arange(data.num_classes),
+            "landmark_id": data.landmark_ids,
+            "name": [data.names[int(i)] for i in data.landmark_ids],
+        }
+    ).to_csv(run_dir / "labels.csv", index=False)
+
+
+def make_optimizer(config: Config, model: LandmarkModel) -> torch.optim.Optimizer:
+    train = config.train
+    groups = [
+        {"params": [p for p in model.backbone_parameters() if p.requires_grad], "lr": train.lr * train.backbone_lr_factor},
+        {"params": [p for p in model.head_parameters() if p.requires_grad], "lr": train.lr},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if train.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=train.lr, eps=1e-7, weight_decay=train.weight_decay)
+    if train.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.SGD(groups, lr=train.lr, momentum=0.9, weight_decay=train.weight_decay, nesterov=True)
+
+
+def set_backbone_trainable(model: LandmarkModel, trainable: bool) -> None:
+    for parameter in model.backbone_parameters():
+        parameter.requires_grad_(trainable)
+
+
+class Trainer:
+    """Runs epochs over a prepared dataset and keeps the run folder up to date."""
+
+    def __init__(self, config: Config, data: PreparedData, run_dir: Path):
+        self.config = config
+        self.data = data
+        self.run_dir = run_dir
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        train_labels = data.frame["class_index"].to_numpy()[data.indices("train")]
+        self.class_counts = np.bincount(train_labels, minlength=data.num_classes)
+        self.model = build_model(config.model, data.num_classes, config.data.image_size_px, self.class_counts).to(self.device)
+        self.loss_weights = (
+            class_weights(train_labels, data.num_classes).float().to(self.device) if config.train.class_weighting else None
+        )
+        self.history: list[dict] = []
+        self.start_epoch = 1
+        self.best_value = math.inf
+        self.best_epoch = 0
+        self.epochs_without_improvement = 0
+        self.frozen = config.train.freeze_backbone_epochs != 0
+        self.feature_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        set_backbone_trainable(self.model, not self.frozen)
+        self.optimizer = make_optimizer(config, self.model)
+        self.scheduler = self._make_scheduler()
+        self.ddp_model = distributed.wrap(self.model)
+
+    def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler | None:
+        if self.config.train.scheduler != "cosine":
+            return None
+        return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, self.config.train.epochs))
+
+    # -- data --------------------------------------------------------------------------------
+    def loader(self, split: str, train: bool) -> DataLoader:
+        cfg = self.config
+        indices = self.data.indices(split)
+        labels = self.data.frame["class_index"].to_numpy()[indices]
+        transform = build_train_transform(cfg.augment, cfg.data.image_size_px) if train else None
+        dataset = CachedImageDataset(self.data.cache, indices, labels, transform)
+        sampler = None
+        if train and cfg.train.oversample:
+            sampler = class_balanced_sampler(labels, seed=cfg.train.seed)
+        elif distributed.world_size() > 1:
+            sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=train, seed=cfg.train.seed)
+            sampler.set_epoch(len(self.history))
+        generator = torch.Generator().manual_seed(cfg.train.seed + len(self.history))
+        return DataLoader(
+            dataset,
+            batch_size=cfg.train.batch_size,
+            shuffle=train and sampler is None,
+            sampler=sampler,
+            num_workers=cfg.train.workers,
+            persistent_workers=False,
+            generator=generator,
+        )
+
+    def _features_of(self, split: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Backbone feature maps of a split (frozen backbone), computed once per view."""
+        key = f"{split}:{len(self.history) % max(1, self.config.train.feature_views) if train else 0}"
+        if key not in self.feature_cache:
+            features, labels = [], []
+            self.model.eval()
+            with torch.inference_mode():
+                for images, targets in progress(self.loader(split, train), desc=f"features {key}"):
+                    features.append(self.model.features(images.to(self.device)).half().cpu())
+                    labels.append(targets)
+            self.feature_cache[key] = (torch.cat(features), torch.cat(labels))
+        return self.feature_cache[key]
+
+    # -- epochs ------------------------------------------------------------------------------
+    def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        loss = F.cross_entropy(logits, targets, weight=self.loss_weights, label_smoothing=self.config.train.label_smoothing)
+        return loss + self.model.regularization_loss()
+
+    def run_epoch(self, split: str, train: bool) -> dict[str, float]:
+        """One pass over a split; returns mean loss and accuracy (logits without margin)."""
+        use_cached = self.frozen and self.config.train.cache_features
+        if use_cached:
+            features, labels = self._features_of(split, train)
+            loader = DataLoader(
+                TensorDataset(features, labels),
+                batch_size=self.config.train.batch_size,
+                shuffle=train,
+                generator=torch.Generator().manual_seed(self.config.train.seed + len(self.history)),
+            )
+        else:
+            loader = self.loader(split, train)
+        model = self.ddp_model if train else self.model
+        self.model.train(train)
+        if self.frozen:
+            self.model.backbone.eval()  # frozen BatchNorm statistics stay ImageNet's
+        total_loss, correct, count = 0.0, 0, 0
+        bar = progress(loader, desc=f"epoch {len(self.history) + 1} {split}")
+        for inputs, targets in bar:
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            with torch.set_grad_enabled(train):
+                if use_cached:
+                    embedding, logits = self.model.head_from_features(inputs.float(), targets)
+                else:
+                    embedding, logits = model(inputs, targets)
+                loss = self._loss(logits, targets)
+                if train:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+            if self.config.model.head == "arcface" or self.config.model.architecture == "glr":
+                with torch.no_grad():
+                    predicted = self.model.plain_logits(embedding).argmax(1)
+            else:
+                predicted = logits.argmax(1)
+            total_loss += float(loss) * len(targets)
+            correct += int((predicted == targets).sum())
+            count += len(targets)
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{total_loss / count:.3f}", acc=f"{correct / count:.3f}")
+        total_loss, correct, count = distributed.sum_scalars(total_loss, correct, count)
+        return {"loss": total_loss / max(1, count), "accuracy": correct / max(1, count), "images": count}
+
+    def checkpoint(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "history": self.history,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "epochs_without_improvement": self.epochs_without_improvement,
+            "frozen": self.frozen,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def restore(self, state: dict) -> None:
+        self.frozen = state["frozen"]
+        set_backbone_trainable(self.model, not self.frozen)
+        self.optimizer = make_optimizer(self.config, self.model)
+        self.scheduler = self._make_scheduler()
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.history = state["history"]
+        self.best_value = state["best_value"]
+        self.best_epoch = state["best_epoch"]
+        self.epochs_without_improvement = state["epochs_without_improvement"]
+        torch.set_rng_state(state["torch_rng"])
+        self.start_epoch = len(self.history) + 1
+        self.ddp_model = distributed.wrap(self.model)
+
+    def _unfreeze_if_due(self, epoch: int) -> None:
+        freeze = self.config.train.freeze_backbone_epochs
+        if self.frozen and freeze > 0 and epoch > freeze:
+            log.info("epoch %d: unfreezing the backbone", epoch)
+            self.frozen = False
+            self.feature_cache.clear()
+            set_backbone_trainable(self.model, True)
+            self.optimizer = make_optimizer(self.config, self.model)
+            remaining = max(1, self.config.train.epochs - freeze)
+            self.scheduler = (
+                torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=remaining)
+                if self.config.train.scheduler == "cosine"
+                else None
+            )
+            self.ddp_model = distributed.wrap(self.model)
+
+    def fit(self) -> None:
+        """Train until the epoch budget, early stopping or the time budget ends it."""
+        cfg = self.config.train
+        checkpoints = self.run_dir / "checkpoints"
+        has_val = len(self.data.indices("val")) > 0
+        started = time.monotonic() - sum(row["seconds"] for row in self.history)
+        for epoch in range(self.start_epoch, cfg.epochs + 1):
+            self._unfreeze_if_due(epoch)
+            tick = time.monotonic()
+            train_stats = self.run_epoch("train", train=True)
+            val_stats = self.run_epoch("val", train=False) if has_val else {"loss": math.nan, "accuracy": math.nan}
+            if self.scheduler:
+                self.scheduler.step()
+            seconds = time.monotonic() - tick
+            row = {
+                "epoch": epoch,
+                "train_loss": train_stats["loss"],
+                "train_accuracy": train_stats["accuracy"],
+                "val_loss": val_stats["loss"],
+                "val_accuracy": val_stats["accuracy"],
+                "lr": self.optimizer.param_groups[-1]["lr"],
+                "seconds": seconds,
+                "images_per_second": train_stats["images"] / seconds,
+                "backbone_frozen": self.frozen,
+            }
+            self.history.append(row)
+            monitored = self._monitored(row, has_val)
+            improved = monitored < self.best_value
+            if improved:
+                self.best_value, self.best_epoch, self.epochs_without_improvement = monitored, epoch, 0
+            else:
+                self.epochs_without_improvement += 1
+            if distributed.is_main():
+                if improved:
+                    atomic_torch_save(self.model.state_dict(), checkpoints / "best.pt")
+                atomic_torch_save(self.checkpoint(), checkpoints / "last.pt")
+                pd.DataFrame(self.history).to_csv(self.run_dir / "history.csv", index=False)
+            log.info(
+                "epoch %d/%d  loss %.4f  acc %.3f  val_loss %.4f  val_acc %.3f  %.1fs (%.0f img/s)%s",
+                epoch, cfg.epochs, row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"],
+                seconds, row["images_per_second"], "  *" if improved else "",
+            )
+            if cfg.early_stopping_patience and self.epochs_without_improvement >= cfg.early_stopping_patience:
+                log.info("early stopping: no improvement for %d epochs", cfg.early_stopping_patience)
+                break
+            if cfg.max_minutes and (time.monotonic() - started) / 60 >= cfg.max_minutes:
+                log.info("time budget of %.1f minutes reached", cfg.max_minutes)
+                break
+        best = checkpoints / "best.pt"
+        if best.exists():
+            self.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
+
+    def _monitored(self, row: dict, has_val: bool) -> float:
+        if not has_val:
+            return row["train_loss"]
+        if self.config.train.monitor == "val_accuracy":
+            return -row["val_accuracy"]
+        return row["val_loss"]
+
+
+def train(config: Config, data_dir: Path, run_dir: Path, resume: bool = False) -> Path:
+    """Train a model and write the complete run folder; returns the run folder."""
+    run_dir = Path(run_dir)
+    if resume:
+        if not (run_dir / "checkpoints" / "last.pt").exists():
+            raise LandmarksError(f"Nothing to resume in {run_dir}: checkpoints/last.pt is missing.")
+        config = load_config(str(run_dir / "config.yaml"))
+    elif (run_dir / "model.json").exists() or (run_dir / "checkpoints" / "last.pt").exists():
+        raise LandmarksError(f"Run folder {run_dir} already holds a run; pass --resume to continue it or choose another --out.")
+    seed_everything(config.train.seed)
+    distributed.setup()
+    with distributed.main_first():
+        data = prepare_data(config, Path(data_dir))
+    if distributed.is_main():
+        (run_dir / "plots").mkdir(parents=True, exist_ok=True)
+        dump_config(config, run_dir / "config.yaml")
+        write_labels(data, run_dir)
+        data.frame[["id", "path", "landmark_id", "split"]].assign(valid=data.cache.valid).to_csv(
+            run_dir / "split.csv", index=False
+        )
+    trainer = Trainer(config, data, run_dir)
+    log.info(
+        "%s: %d classes, %d/%d/%d train/val/test photos, %s parameters",
+        config.model.architecture, data.num_classes, len(data.indices("train")), len(data.indices("val")),
+        len(data.indices("test")), f"{sum(p.numel() for p in trainer.model.parameters()):,}",
+    )
+    if resume:
+        trainer.restore(torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False))
+        log.info("resuming %s at epoch %d", run_dir, trainer.start_epoch)
+    if distributed.is_main() and not resume:
+        from landmarks.evaluate.report import plot_augmentation_grid
+
+        plot_augmentation_grid(config, data, run_dir / "plots" / "augmentations.png")
+    trainer.fit()
+    if distributed.is_main():
+        save_model(trainer.model, run_dir, config.model, config.data.image_size_px)
+        from landmarks.evaluate.report import finish_run
+
+        finish_run(run_dir, config, data, trainer.model)
+    distributed.cleanup()
+    return run_dir
+
+
+def read_history(run_dir: Path) -> pd.DataFrame:
+    return pd.read_csv(run_dir / "history.csv")
+
+
+def read_config(run_dir: Path) -> dict:
+    return yaml.safe_load((run_dir / "config.yaml").read_text())

@@ -1,0 +1,129 @@
+"""The command line as a user types it: a tiny run end to end, and one clear sentence for each mistake."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from landmarks.cli import main
+
+TINY = [
+    "data.image_size_px=32", "train.epochs=3", "train.batch_size=16", "train.workers=0",
+    "train.early_stopping_patience=0", "train.lr=0.003",
+]
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture
+def tiny_run(tiny_gldv2: Path, tmp_path: Path, capsys) -> Path:
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "-q", "train", "--data", str(tiny_gldv2), "--config", "seed-cnn", "--out", str(run), *TINY)
+    assert code == 0, err
+    assert f"run folder: {run}" in out
+    return run
+
+
+def test_train_writes_a_complete_run_folder(tiny_run: Path):
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    assert config["train"]["epochs"] == 3 and "git_commit" in config
+    labels = pd.read_csv(tiny_run / "labels.csv")
+    assert sorted(labels["landmark_id"]) == [7, 55, 300, 1042]
+    assert set(labels["name"]) == {"place_7", "place_55", "place_300", "place_1042"}
+    meta = json.loads((tiny_run / "model.json").read_text())
+    assert meta["num_classes"] == 4 and meta["input_size_px"] == 32
+    history = pd.read_csv(tiny_run / "history.csv")
+    assert list(history["epoch"]) == [1, 2, 3]
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "seconds"} <= set(history.columns)
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["gap"] <= 1
+    for name in ("model.safetensors", "checkpoints/best.pt", "checkpoints/last.pt", "index/index.faiss",
+                 "plots/curves.png", "plots/augmentations.png", "plots/predictions.png"):
+        assert (tiny_run / name).stat().st_size > 0, name
+
+
+def test_resume_continues_after_the_last_epoch(tiny_run: Path, tiny_gldv2: Path, capsys):
+    config = yaml.safe_load((tiny_run / "config.yaml").read_text())
+    config["train"]["epochs"] = 4
+    (tiny_run / "config.yaml").write_text(yaml.safe_dump(config))
+    code, _, err = run_cli(capsys, "-q", "train", "--data", str(tiny_gldv2), "--out", str(tiny_run), "--resume")
+    assert code == 0, err
+    assert list(pd.read_csv(tiny_run / "history.csv")["epoch"]) == [1, 2, 3, 4]
+
+
+def test_evaluate_submit_predict(tiny_run: Path, tiny_gldv2: Path, tmp_path: Path, capsys):
+    code, out, err = run_cli(capsys, "-q", "evaluate", str(tiny_run), "--data", str(tiny_gldv2))
+    assert code == 0, err
+    assert "gap" in out and "queries        8 (6 with a known landmark)" in out
+    report = next((tiny_run / "evaluation").iterdir())
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert metrics["queries"] == 8 and "map_at_100" in metrics
+    assert {"landmark_id", "precision", "recall"} <= set(pd.read_csv(report / "per_landmark.csv").columns)
+
+    submission = tmp_path / "submission.csv"
+    code, out, err = run_cli(capsys, "-q", "submit", str(tiny_run), "--data", str(tiny_gldv2), "--out", str(submission))
+    assert code == 0, err
+    frame = pd.read_csv(submission, dtype=str, keep_default_na=False)
+    assert list(frame.columns) == ["id", "landmarks"] and len(frame) == 8
+    landmark_id, score = frame["landmarks"].iloc[0].split(" ")
+    assert int(landmark_id) in {7, 55, 300, 1042} and 0 <= float(score) <= 1
+
+    photo = next((tiny_gldv2 / "test").rglob("*.jpg"))
+    code, out, err = run_cli(capsys, "-q", "predict", str(tiny_run), str(photo), "--json", "--top-k", "2")
+    assert code == 0, err
+    row = json.loads(out.strip().splitlines()[0])
+    assert row["path"] == str(photo) and len(row["top"]) == 2 and 0 <= row["confidence"] <= 1
+
+
+def test_predict_folder_with_a_corrupt_file_skips_it(tiny_run: Path, tiny_gldv2: Path, tmp_path: Path, capsys):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, photo in enumerate(sorted((tiny_gldv2 / "test").rglob("*.jpg"))[:3]):
+        (folder / f"{i}.jpg").write_bytes(photo.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a whole jpeg")
+    out_csv = tmp_path / "predictions.csv"
+    code, _, err = run_cli(capsys, "-q", "predict", str(tiny_run), str(folder), "--out", str(out_csv))
+    assert code == 0
+    assert "broken.jpg" in err and "1 of 4 files could not be read" in err
+    assert len(pd.read_csv(out_csv)) == 3
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--data", "/no/such/folder"], "Folder /no/such/folder does not exist."),
+        (["train", "--data", "{data}", "--config", "nope"], "Unknown preset 'nope'"),
+        (["evaluate", "/no/run", "--data", "{data}"], "Folder /no/run does not exist."),
+        (["predict", "{data}", "{data}/train.csv"], "is not a run folder: model.json is missing."),
+    ],
+)
+def test_user_mistakes_give_one_sentence_and_exit_2(argv, message, tiny_gldv2: Path, capsys):
+    code, _, err = run_cli(capsys, *[a.replace("{data}", str(tiny_gldv2)) for a in argv])
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_csv_with_wrong_columns_is_refused(tmp_path: Path, capsys):
+    (tmp_path / "train.csv").write_text("image,label\na,1\n")
+    code, _, err = run_cli(capsys, "train", "--data", str(tmp_path))
+    assert code == 2 and "landmark_id" in err and "Traceback" not in err
+
+
+def test_corrupt_training_photo_is_skipped_and_counted(tiny_gldv2: Path, tmp_path: Path, capsys):
+    victim = next((tiny_gldv2 / "train").rglob("*.jpg"))
+    victim.write_bytes(victim.read_bytes()[:40])  # truncated
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "train", "--data", str(tiny_gldv2), "--out", str(run), *TINY, "train.epochs=1")
+    assert code == 0, err
+    assert "skipped 1 unreadable images" in err
+    split = pd.read_csv(run / "split.csv")
+    assert (~split["valid"]).sum() == 1
