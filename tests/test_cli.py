@@ -118,12 +118,12 @@ def test_csv_with_wrong_columns_is_refused(tmp_path: Path, capsys):
     assert code == 2 and "landmark_id" in err and "Traceback" not in err
 
 
-def test_corrupt_training_photo_is_skipped_and_counted(tiny_gldv2: Path, tmp_path: Path, capsys):
+def test_corrupt_training_photo_is_skipped_and_counted(tiny_gldv2: Path, tmp_path: Path, capsys, caplog):
     victim = next((tiny_gldv2 / "train").rglob("*.jpg"))
     victim.write_bytes(victim.read_bytes()[:40])  # truncated
     run = tmp_path / "run"
     code, _, err = run_cli(capsys, "train", "--data", str(tiny_gldv2), "--out", str(run), *TINY, "train.epochs=1")
     assert code == 0, err
-    assert "skipped 1 unreadable images" in err
+    assert "skipped 1 unreadable images" in caplog.text
     split = pd.read_csv(run / "split.csv")
     assert (~split["valid"]).sum() == 1

@@ -7,7 +7,8 @@ import subprocess
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_type_hints
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -57,6 +58,7 @@ class ModelConfig:
     dropout: float = 0.5
     dense_l2: float = 1e-4  # seed_cnn: L2 on the 512-unit dense layer (Keras kernel_regularizer)
     dropout_before_batchnorm: bool = True  # seed_cnn: the seed's Dense -> Dropout -> BatchNorm order
+    batchnorm_momentum: float = 0.99  # seed_cnn, Keras convention: moving = m * moving + (1 - m) * batch
     head: str = "softmax"  # softmax | arcface
     arcface_scale: float = 30.0
     arcface_subcenters: int = 3
@@ -127,17 +129,22 @@ def preset_names() -> list[str]:
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Turn a YAML or command-line value into the annotated type."""
-    text = str(annotation)
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null") and "None" in text):
-        if "None" in text:
+    """Turn a YAML or command-line value into the annotated type (``int | None``, ``bool``, ``tuple[float, ...]``...)."""
+    args = [a for a in get_args(annotation) if a is not type(None)] if get_origin(annotation) in (Union, UnionType) else []
+    optional = bool(args) and type(None) in get_args(annotation)
+    base = args[0] if args else annotation
+    label = getattr(base, "__name__", str(base)) + (" or none" if optional else "")
+    if base is str and value is not None:
+        return str(value)
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
             return None
         raise ConfigError(f"{key} may not be empty.")
     try:
-        if text.startswith("tuple"):
+        if get_origin(base) is tuple:
             items = value if isinstance(value, (list, tuple)) else str(value).strip("()[] ").split(",")
             return tuple(float(v) for v in items)
-        if "bool" in text:
+        if base is bool:
             if isinstance(value, bool):
                 return value
             lowered = str(value).lower()
@@ -146,16 +153,16 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             if lowered in ("false", "0", "no", "off"):
                 return False
             raise ValueError(value)
-        if text.startswith("int"):
+        if base is int:
             number = float(value)
             if number != int(number):
                 raise ValueError(value)
             return int(number)
-        if text.startswith("float"):
+        if base is float:
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is not a valid {text}.") from None
+        raise ConfigError(f"{key}={value!r} is not a valid {label}.") from None
 
 
 def _apply(config: Config, section: str, key: str, value: Any) -> None:

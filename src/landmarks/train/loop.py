@@ -68,8 +68,6 @@ def prepare_data(config: Config, data_dir: Path) -> PreparedData:
     cache = ImageCache.build(
         frame["path"].tolist(), config.data.image_size_px, config.data.cache_dir, workers=max(1, config.train.workers)
     )
-    if cache.num_failed:
-        log.warning("skipped %d unreadable images of %d", cache.num_failed, len(frame))
     names = {int(i): catalog.name_of(int(i)) for i in landmark_ids}
     return PreparedData(frame, names, landmark_ids, cache)
 
@@ -213,7 +211,7 @@ class Trainer:
                     predicted = self.model.plain_logits(embedding).argmax(1)
             else:
                 predicted = logits.argmax(1)
-            total_loss += float(loss) * len(targets)
+            total_loss += float(loss.detach()) * len(targets)
             correct += int((predicted == targets).sum())
             count += len(targets)
             if hasattr(bar, "set_postfix"):

@@ -1,0 +1,86 @@
+"""Train each preset on landmarks-mini and evaluate it on the test set, side by side in one run.
+
+    LANDMARKS_DATA=../shared/data/landmarks-mini .venv/bin/python benchmarks/bench_presets.py --write
+    ... --presets seed-cnn seed-cnn-faithful      # a subset
+    ... --override seed-resnet152 train.epochs=1   # per-preset overrides
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import data_dir, write_section  # noqa: E402
+
+from landmarks.config import load_config  # noqa: E402
+from landmarks.evaluate.report import evaluate_run  # noqa: E402
+from landmarks.train.loop import train  # noqa: E402
+
+DEFAULT_PRESETS = ["baseline-knn", "seed-cnn-faithful", "seed-cnn", "glr"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--presets", nargs="+", default=DEFAULT_PRESETS)
+    parser.add_argument("--override", nargs="+", action="append", default=[], metavar=("PRESET", "KEY=VALUE"))
+    parser.add_argument("--keep", help="keep the run folders under this folder")
+    parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    data = data_dir()
+    overrides: dict[str, list[str]] = {}
+    for preset, *items in args.override:
+        overrides.setdefault(preset, []).extend(items)
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-presets-"))
+    rows = []
+    for preset in args.presets:
+        run_dir = root / preset
+        shutil.rmtree(run_dir, ignore_errors=True)
+        config = load_config(preset, overrides.get(preset, []))
+        started = time.monotonic()
+        train(config, data, run_dir)
+        wall_minutes = (time.monotonic() - started) / 60
+        result, _ = evaluate_run(run_dir, data, backend="torch")
+        held_out = json.loads((run_dir / "metrics.json").read_text())
+        history = held_out.get("epochs", 0)
+        import pandas as pd
+
+        frame = pd.read_csv(run_dir / "history.csv")
+        seconds_per_epoch = float(frame["seconds"].mean()) if len(frame) else 0.0
+        images_per_second = float(frame["images_per_second"].mean()) if len(frame) else 0.0
+        rows.append(
+            f"| `{preset}`{' ' + ' '.join(overrides.get(preset, [])) if overrides.get(preset) else ''} | {history} | "
+            f"{held_out.get('train_minutes', 0):.1f} | {wall_minutes:.1f} | {seconds_per_epoch:.1f} | {images_per_second:.0f} | "
+            f"{result['accuracy']:.3f} | {result['top5_accuracy']:.3f} | {result['gap']:.3f} | {result.get('map_at_100', float('nan')):.3f} |"
+        )
+        print(rows[-1], flush=True)
+    table = "\n".join(
+        [
+            "| preset | epochs | training min | wall min (incl. caching, indexing, held-out eval) | s/epoch | train img/s | accuracy | top-5 | GAP | mAP@100 |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    print(table)
+    if args.write:
+        body = (
+            "Each preset trained on landmarks-mini's train.csv (its own train/val split) and evaluated on its test set "
+            "(187 queries, 88 of them showing no known landmark) through `landmarks evaluate`.\n\n"
+            f"```\nLANDMARKS_DATA=../shared/data/landmarks-mini .venv/bin/python benchmarks/bench_presets.py --write "
+            f"--presets {' '.join(args.presets)}"
+            + "".join(f" --override {p} {' '.join(v)}" for p, v in overrides.items())
+            + "\n```\n\n"
+            + table
+        )
+        write_section("Presets on landmarks-mini (bench_presets.py)", body)
+
+
+if __name__ == "__main__":
+    main()

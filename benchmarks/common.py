@@ -1,0 +1,36 @@
+"""Helpers shared by the benchmarks: machine description and RESULTS.md sections."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "RESULTS.md"
+
+
+def machine() -> str:
+    import torch
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def write_section(title: str, body: str) -> None:
+    """Replace (or append) the section ``## title`` of RESULTS.md, leaving the others alone."""
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEach section says how to run it again.\n"
+    section = f"## {title}\n\n{body.strip()}\n\n_Measured {time.strftime('%Y-%m-%d')} on {machine()}._\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text)
+    else:
+        text = text.rstrip() + "\n\n" + section
+    RESULTS.write_text(text.rstrip() + "\n")
+
+
+def data_dir() -> Path:
+    value = os.environ.get("LANDMARKS_DATA")
+    if not value or not Path(value).is_dir():
+        raise SystemExit("set LANDMARKS_DATA to the landmarks-mini folder (e.g. ../shared/data/landmarks-mini)")
+    return Path(value)

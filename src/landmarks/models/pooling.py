@@ -1,0 +1,31 @@
+"""Global pooling of a feature map: average and generalized-mean (GeM) pooling."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class GeM(nn.Module):
+    """Generalized mean pooling with a trainable exponent p: p = 1 is average pooling, p -> inf max pooling."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6, trainable: bool = True):
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)), requires_grad=trainable)
+        self.eps = eps
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return feature_map.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={float(self.p):.3f}, eps={self.eps}"
+
+
+class AvgPool(nn.Module):
+    """Global average pooling to (N, C)."""
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return feature_map.mean(dim=(2, 3))
+
+
+POOLING: dict[str, type[nn.Module]] = {"avg": AvgPool, "gem": GeM}
