@@ -42,7 +42,11 @@ COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (230, 220, 40)]
 @pytest.fixture
 def tiny_gldv2(tmp_path: Path) -> Path:
     """A GLDv2/Kaggle-layout folder: 4 landmarks with sparse ids, 12 photos each, 8 test photos (2 non-landmark)."""
-    root = tmp_path / "gld"
+    return build_tiny_gldv2(tmp_path / "gld")
+
+
+def build_tiny_gldv2(root: Path) -> Path:
+    """The folder behind the ``tiny_gldv2`` fixture (also used by the benchmarks' smoke runs)."""
     train_rows, test_rows, solution_rows = [], [], []
     landmark_ids = [7, 1042, 55, 300]
     for class_number, (landmark_id, colour) in enumerate(zip(landmark_ids, COLOURS)):

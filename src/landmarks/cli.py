@@ -233,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "timm"):
+    for noisy in ("PIL", "matplotlib", "urllib3", "httpx", "timm", "faiss", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return args.func(args)
