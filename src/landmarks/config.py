@@ -40,6 +40,7 @@ class AugmentConfig:
     zoom: float = 0.0  # scale range 1 +- zoom
     translate: float = 0.0  # fraction of width/height
     crop_scale_min: float = 1.0  # < 1: random resized crop with area scale in [min, 1]
+    fill: str = "reflect"  # what rotation/zoom/translation uncover: reflect (Keras' default) or black
 
 
 @dataclass
@@ -225,6 +226,7 @@ def load_config(preset_or_path: str | None = "seed-cnn", overrides: list[str] | 
 def validate(config: Config) -> None:
     """Reject values that cannot work, with one sentence each."""
     choices = {
+        "augment.fill": (config.augment.fill, ("reflect", "black")),
         "model.architecture": (config.model.architecture, ("seed_cnn", "classifier", "glr")),
         "model.pooling": (config.model.pooling, ("avg", "gem")),
         "model.head": (config.model.head, ("softmax", "arcface")),

@@ -24,13 +24,16 @@ def build_train_transform(cfg: AugmentConfig, size_px: int) -> Callable[[torch.T
         if cfg.vertical_flip:
             steps.append(v2.RandomVerticalFlip())
         if cfg.rotation_deg or cfg.translate or cfg.zoom:
-            steps.append(
-                v2.RandomAffine(
-                    degrees=cfg.rotation_deg,
-                    translate=(cfg.translate, cfg.translate) if cfg.translate else None,
-                    scale=(1 - cfg.zoom, 1 + cfg.zoom) if cfg.zoom else None,
-                )
+            affine = v2.RandomAffine(
+                degrees=cfg.rotation_deg,
+                translate=(cfg.translate, cfg.translate) if cfg.translate else None,
+                scale=(1 - cfg.zoom, 1 + cfg.zoom) if cfg.zoom else None,
             )
+            if cfg.fill == "reflect":  # Keras' default fill_mode: mirror the photo into the uncovered corners
+                pad = size_px // 2
+                steps += [v2.Pad(pad, padding_mode="reflect"), affine, v2.CenterCrop(size_px)]
+            else:
+                steps.append(affine)
         if cfg.brightness or cfg.contrast:
             steps.append(v2.ColorJitter(brightness=cfg.brightness or None, contrast=cfg.contrast or None))
     return v2.Compose(steps) if steps else v2.Identity()

@@ -1,0 +1,142 @@
+"""ONNX export of a run's model (uint8 photos in, normalised embeddings and logits out) and its ONNX Runtime embedder."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from landmarks.errors import DataError
+
+log = logging.getLogger(__name__)
+
+INPUT, EMBEDDING, LOGITS = "images", "embedding", "logits"
+
+
+class ExportWrapper(nn.Module):
+    """uint8 NHWC photos -> (L2-normalised embedding, logits): the whole preprocessing inside the graph."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images.permute(0, 3, 1, 2).float() / 255.0
+        embedding, logits = self.model(x)
+        return F.normalize(embedding, dim=1), logits
+
+
+def export_onnx(model: nn.Module, out_path: Path, opset: int = 17) -> Path:
+    """Write ``model.onnx`` with a dynamic batch axis (written to a temporary file, then renamed)."""
+    model = model.eval()
+    size = int(model.input_size_px)
+    dummy = torch.zeros(2, size, size, 3, dtype=torch.uint8)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            ExportWrapper(model), (dummy,), str(tmp), input_names=[INPUT], output_names=[EMBEDDING, LOGITS],
+            dynamic_axes={INPUT: {0: "batch"}, EMBEDDING: {0: "batch"}, LOGITS: {0: "batch"}}, opset_version=opset,
+            dynamo=False,
+        )
+    os.replace(tmp, out_path)
+    return out_path
+
+
+class OnnxEmbedder:
+    """Runs model.onnx in ONNX Runtime on uint8 NHWC photos."""
+
+    def __init__(self, onnx_path: Path, tta_flip: bool = False, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        shape = self.session.get_inputs()[0].shape
+        self.input_size_px = int(shape[1])
+        self.tta_flip = tta_flip
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        embedding, logits = self.session.run([EMBEDDING, LOGITS], {INPUT: images})
+        if self.tta_flip:
+            flipped_embedding, flipped_logits = self.session.run([EMBEDDING, LOGITS], {INPUT: np.ascontiguousarray(images[:, :, ::-1])})
+            embedding = embedding + flipped_embedding
+            logits = (logits + flipped_logits) / 2
+            embedding = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
+        return embedding.astype(np.float32), logits.astype(np.float32)
+
+
+def _sample_photos(run_dir: Path, split: str, limit: int | None) -> tuple[list[str], np.ndarray]:
+    """Paths and landmark ids of a run's photos from split.csv (only those that could be read)."""
+    frame = pd.read_csv(run_dir / "split.csv", dtype={"id": str})
+    frame = frame[(frame["split"] == split) & frame["valid"]]
+    if limit:
+        frame = frame.head(limit)
+    return frame["path"].tolist(), frame["landmark_id"].to_numpy()
+
+
+def _split_metrics(run_dir: Path, backend_path: Path | None, paths: list[str], truth: np.ndarray) -> dict:
+    from landmarks.evaluate.metrics import accuracy, global_average_precision
+    from landmarks.recognize.recognizer import Recognizer
+
+    recognizer = Recognizer.load(run_dir, backend="torch")
+    if backend_path is not None:
+        recognizer.embedder = OnnxEmbedder(backend_path, tta_flip=recognizer.config.tta_flip)
+    predictions, _ = recognizer.predict_paths(paths)
+    predicted = np.array([p.landmark_id if p else -1 for p in predictions])
+    confidence = np.array([p.confidence if p else 0.0 for p in predictions])
+    return {"accuracy": accuracy(predicted, truth), "gap": global_average_precision(predicted, confidence, truth)}
+
+
+def export_run(run_dir: Path, quantize: str | None = None, check_photos: int = 32) -> dict[str, object]:
+    """Export, then verify on real photos that ONNX Runtime and PyTorch agree; optionally an int8 model too."""
+    from landmarks.data.images import decode_image
+    from landmarks.models.registry import load_model
+    from landmarks.recognize.embed import TorchEmbedder
+
+    run_dir = Path(run_dir)
+    model = load_model(run_dir)
+    onnx_path = export_onnx(model, run_dir / "model.onnx")
+    report: dict[str, object] = {"model.onnx": str(onnx_path), "size_mb": round(onnx_path.stat().st_size / 1e6, 2)}
+    if not (run_dir / "split.csv").exists():
+        raise DataError(f"{run_dir} has no split.csv, so the export cannot be checked on real photos.")
+    paths, _ = _sample_photos(run_dir, "val", check_photos)
+    if len(paths) < check_photos:
+        paths += _sample_photos(run_dir, "train", check_photos - len(paths))[0]
+    photos = np.stack([decode_image(p, model.input_size_px) for p in paths])
+    torch_embedding, torch_logits = TorchEmbedder(model)(photos)
+    onnx_embedding, onnx_logits = OnnxEmbedder(onnx_path)(photos)
+    difference = float(np.abs(torch_embedding - onnx_embedding).max())
+    report["checked_photos"] = len(paths)
+    report["max_abs_diff_embedding"] = f"{difference:.2e}"
+    report["max_abs_diff_logits"] = f"{float(np.abs(torch_logits - onnx_logits).max()):.2e}"
+    if difference > 1e-4:
+        raise DataError(f"ONNX Runtime and PyTorch disagree on real photos (max embedding difference {difference:.2e} > 1e-4).")
+    report["agreement"] = "ok (<= 1e-4)"
+    if quantize == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        int8_path = run_dir / "model.int8.onnx"
+        logging.disable(logging.WARNING)  # the quantizer logs a warning per tensor it leaves in float
+        try:
+            quantize_dynamic(str(onnx_path), str(int8_path), weight_type=QuantType.QInt8)
+        finally:
+            logging.disable(logging.NOTSET)
+        report["model.int8.onnx"] = f"{int8_path} ({int8_path.stat().st_size / 1e6:.2f} MB)"
+        paths, truth = _sample_photos(run_dir, "val", None)
+        fp32 = _split_metrics(run_dir, onnx_path, paths, truth)
+        int8 = _split_metrics(run_dir, int8_path, paths, truth)
+        report["validation_photos"] = len(paths)
+        report["fp32 accuracy / GAP"] = f"{fp32['accuracy']:.4f} / {fp32['gap']:.4f}"
+        report["int8 accuracy / GAP"] = f"{int8['accuracy']:.4f} / {int8['gap']:.4f}"
+        report["int8 change accuracy / GAP"] = f"{int8['accuracy'] - fp32['accuracy']:+.4f} / {int8['gap'] - fp32['gap']:+.4f}"
+    return report
