@@ -86,6 +86,7 @@ class TrainConfig:
     cache_features: bool = True  # while the backbone is frozen, compute its feature maps once per view
     feature_views: int = 1  # augmented views of the training set cached while frozen (epoch e uses view e % views)
     label_smoothing: float = 0.0
+    precise_bn_batches: int = 0  # >0: after each epoch recompute BatchNorm statistics on this many clean training batches
     max_minutes: float | None = None  # stop (keeping the best checkpoint) after this much training time
     workers: int = 2  # data-loading processes
     seed: int = 42

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
@@ -38,10 +39,12 @@ def _to_array(image: Image.Image, size_px: int, name: str) -> np.ndarray:
 
 def _open(source: str | Path | io.BytesIO, name: str) -> Image.Image:
     try:
-        return Image.open(source)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(source)
     except FileNotFoundError:
         raise ImageError(f"{name} does not exist.") from None
-    except Image.DecompressionBombError:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(f"{name} is too large to decode safely (more than {Image.MAX_IMAGE_PIXELS:,} pixels).") from None
     except (UnidentifiedImageError, OSError, ValueError):
         raise ImageError(f"{name} is not an image.") from None

@@ -28,11 +28,16 @@ class DenseHead(nn.Module):
         self.classifier = nn.Linear(self.embedding_dim, num_classes)
 
     def forward(self, pooled: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding after the ReLU, logits); labels are ignored (plain softmax classifier)."""
         embedding = self.hidden(pooled)
         return embedding, self.classifier(self.dropout(embedding))
 
     def logits(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Class scores from an embedding (no dropout)."""
         return self.classifier(embedding)
+
+    def extra_repr(self) -> str:
+        return f"embedding_dim={self.embedding_dim}"
 
 
 class GLRNeck(nn.Module):
@@ -45,6 +50,10 @@ class GLRNeck(nn.Module):
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         return self.layers(pooled)
 
+    @property
+    def embedding_dim(self) -> int:
+        return self.layers[0].out_features
+
 
 def dynamic_margins(class_counts: np.ndarray, margin_min: float = 0.05, margin_range: float = 0.45) -> np.ndarray:
     """Per-class ArcFace margins in radians: m_c = min + range * normalised(count_c ** -1/4).
@@ -53,7 +62,9 @@ def dynamic_margins(class_counts: np.ndarray, margin_min: float = 0.05, margin_r
     min-max scaling; when every class has the same count all margins are ``margin_min``. Classes with zero
     photos are treated as having one.
     """
-    counts = np.maximum(np.asarray(class_counts, dtype=np.float64), 1.0)
+    counts = np.maximum(np.asarray(class_counts, dtype=np.float64).reshape(-1), 1.0)
+    if counts.size == 0:
+        return np.zeros(0, np.float32)
     x = counts**-0.25
     spread = x.max() - x.min()
     normalised = (x - x.min()) / spread if spread > 0 else np.zeros_like(x)
@@ -71,6 +82,8 @@ class SubCenterArcFace(nn.Module):
     def __init__(self, embedding_dim: int, num_classes: int, subcenters: int = 3, scale: float = 30.0,
                  margins: np.ndarray | None = None):
         super().__init__()
+        if margins is not None and len(margins) != num_classes:
+            raise ValueError(f"{len(margins)} margins for {num_classes} classes.")
         self.num_classes, self.subcenters, self.scale = num_classes, subcenters, scale
         self.weight = nn.Parameter(torch.empty(num_classes * subcenters, embedding_dim))
         nn.init.uniform_(self.weight, -1.0 / math.sqrt(embedding_dim), 1.0 / math.sqrt(embedding_dim))
@@ -78,10 +91,12 @@ class SubCenterArcFace(nn.Module):
         self.register_buffer("margins", torch.from_numpy(margins.copy()))
 
     def cosine(self, embedding: torch.Tensor) -> torch.Tensor:
+        """(N, C): the cosine to each class's closest sub-centre (weight rows are class-major: row c * k + j)."""
         cos = F.linear(F.normalize(embedding), F.normalize(self.weight))
         return cos.view(-1, self.num_classes, self.subcenters).amax(dim=2)
 
     def forward(self, embedding: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled logits (N, C); the margin is applied to the true class only, and only when labels are given."""
         cos = self.cosine(embedding)
         if labels is None:
             return self.scale * cos
@@ -91,8 +106,10 @@ class SubCenterArcFace(nn.Module):
         """Replace the true class's cos(theta) by cos(theta + m) (cos - m sin(m) past pi - m, to stay monotonic)."""
         m = self.margins[labels].unsqueeze(1)
         cos = cos.float()
-        sin = torch.sqrt((1.0 - cos.pow(2)).clamp(min=0.0))
-        phi = cos * torch.cos(m) - sin * torch.sin(m)
+        # sin(theta) >= 0 for theta in [0, pi]; the clamp keeps the gradient finite at cos = +-1.
+        sin = torch.sqrt((1.0 - cos.pow(2)).clamp(min=1e-12))
+        phi = cos * torch.cos(m) - sin * torch.sin(m)  # cos(theta + m)
+        # Past theta = pi - m, cos(theta + m) would rise again; the winners' fallback keeps it decreasing.
         phi = torch.where(cos > torch.cos(math.pi - m), phi, cos - torch.sin(math.pi - m) * m)
         one_hot = F.one_hot(labels, self.num_classes).to(cos.dtype)
         return one_hot * phi + (1.0 - one_hot) * cos

@@ -1,13 +1,18 @@
-"""Global pooling of a feature map: average and generalized-mean (GeM) pooling."""
+"""Global pooling of a feature map (N, C, h, w) -> (N, C): average and generalized-mean (GeM) pooling."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from landmarks.errors import ConfigError
+
 
 class GeM(nn.Module):
-    """Generalized mean pooling with a trainable exponent p: p = 1 is average pooling, p -> inf max pooling."""
+    """Generalized mean pooling (Radenovic et al.): (mean over h, w of x^p)^(1/p), x clamped at eps, p trainable.
+
+    p = 1 is average pooling; p -> infinity approaches max pooling.
+    """
 
     def __init__(self, p: float = 3.0, eps: float = 1e-6, trainable: bool = True):
         super().__init__()
@@ -29,3 +34,10 @@ class AvgPool(nn.Module):
 
 
 POOLING: dict[str, type[nn.Module]] = {"avg": AvgPool, "gem": GeM}
+
+
+def make_pooling(name: str, gem_p: float = 3.0) -> nn.Module:
+    """The pooling layer a config names (``avg`` or ``gem`` starting at p = gem_p)."""
+    if name not in POOLING:
+        raise ConfigError(f"model.pooling={name!r} is not one of {', '.join(POOLING)}.")
+    return GeM(gem_p) if name == "gem" else POOLING[name]()

@@ -1,12 +1,13 @@
-"""One factory for every architecture, and the self-describing model.safetensors + model.json pair."""
+"""One factory for every architecture, and the self-describing model.safetensors + model.json pair of a run folder."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -18,27 +19,29 @@ from landmarks.config import ModelConfig
 from landmarks.errors import ConfigError, DataError
 from landmarks.models.backbones import create_backbone
 from landmarks.models.heads import DenseHead, GLRNeck, SubCenterArcFace, dynamic_margins
-from landmarks.models.pooling import POOLING
-from landmarks.models.seed_cnn import FILTERS, SeedCNNHead, SeedCNNTrunk
+from landmarks.models.pooling import make_pooling
+from landmarks.models.seed_cnn import SeedCNNHead, SeedCNNTrunk, seed_cnn_spatial_px
+
+log = logging.getLogger(__name__)
 
 ARCHITECTURES = ("seed_cnn", "classifier", "glr")
+MODEL_FORMAT_VERSION = 1
 
 
 class ArcFaceHead(nn.Module):
-    """Pooling -> neck -> sub-center ArcFace."""
+    """Pooling -> Linear/BatchNorm/PReLU neck -> sub-center ArcFace with per-class margins."""
 
     def __init__(self, pooling: nn.Module, in_features: int, cfg: ModelConfig, num_classes: int,
                  class_counts: np.ndarray | None):
         super().__init__()
         self.pool = pooling
         self.neck = GLRNeck(in_features, cfg.embedding_dim)
-        margins = (
-            dynamic_margins(class_counts, cfg.arcface_margin_min, cfg.arcface_margin_range)
-            if class_counts is not None
-            else None
-        )
-        if margins is None:
+        if class_counts is None:
             margins = np.full(num_classes, cfg.arcface_margin_min, np.float32)
+        else:
+            if len(class_counts) != num_classes:
+                raise ValueError(f"class_counts has {len(class_counts)} entries for {num_classes} classes.")
+            margins = dynamic_margins(class_counts, cfg.arcface_margin_min, cfg.arcface_margin_range)
         self.arcface = SubCenterArcFace(cfg.embedding_dim, num_classes, cfg.arcface_subcenters, cfg.arcface_scale, margins)
         self.embedding_dim = cfg.embedding_dim
 
@@ -47,11 +50,12 @@ class ArcFaceHead(nn.Module):
         return embedding, self.arcface(embedding, labels)
 
     def logits(self, embedding: torch.Tensor) -> torch.Tensor:
+        """Scaled cosine logits, no margin."""
         return self.arcface(embedding)
 
 
 class PooledDenseHead(nn.Module):
-    """Pooling -> the two dense layers of the ResNet152 seed (or a linear probe)."""
+    """Pooling -> the second seed's dense head (Linear -> ReLU -> Dropout -> Linear)."""
 
     def __init__(self, pooling: nn.Module, in_features: int, cfg: ModelConfig, num_classes: int):
         super().__init__()
@@ -67,24 +71,30 @@ class PooledDenseHead(nn.Module):
 
 
 class LandmarkModel(nn.Module):
-    """Photos (float NCHW in [0, 1]) -> (embedding, logits). Normalisation with the model's mean/std is inside."""
+    """Photos (float32 NCHW in [0, 1]) -> (embedding (N, D), logits (N, num_classes)).
+
+    Normalisation with the ``mean``/``std`` buffers (1, 3, 1, 1) is inside, so callers only scale pixels to [0, 1].
+    """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, num_classes: int, input_size_px: int,
                  mean: tuple[float, ...], std: tuple[float, ...], dense_l2: float = 0.0):
         super().__init__()
         self.backbone = backbone
         self.head = head
-        self.num_classes = num_classes
-        self.input_size_px = input_size_px
-        self.embedding_dim = head.embedding_dim
-        self.dense_l2 = dense_l2
+        self.num_classes = int(num_classes)
+        self.input_size_px = int(input_size_px)
+        self.embedding_dim = int(head.embedding_dim)
+        self.dense_l2 = float(dense_l2)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalise and run the backbone: the feature map (N, C, h, w)."""
         return self.backbone((images - self.mean) / self.std)
 
-    def head_from_features(self, feature_map: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def head_from_features(self, feature_map: torch.Tensor,
+                           labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embedding, logits) from a feature map; ArcFace logits carry the true class's margin when labels are given."""
         return self.head(feature_map, labels)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,12 +106,13 @@ class LandmarkModel(nn.Module):
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised embeddings (N, D), without margin (call in eval mode)."""
         return F.normalize(self.forward(images)[0], dim=1)
 
     def regularization_loss(self) -> torch.Tensor:
-        """Keras-style L2 on the seed CNN's 512-unit dense kernel (zero for other heads)."""
+        """Keras-style L2, dense_l2 * sum(W^2), on the seed CNN's 512-unit dense kernel; zero for other heads."""
         if self.dense_l2 and isinstance(self.head, SeedCNNHead):
-            return self.dense_l2 * self.head.dense.weight.pow(2).sum()
+            return self.dense_l2 * self.head.l2_penalty()
         return torch.zeros((), device=self.mean.device)
 
     def backbone_parameters(self) -> Iterator[nn.Parameter]:
@@ -111,63 +122,108 @@ class LandmarkModel(nn.Module):
         return self.head.parameters()
 
 
-def build_model(cfg: ModelConfig, num_classes: int, image_size_px: int, class_counts: np.ndarray | None = None) -> LandmarkModel:
-    """The model an architecture name describes (``seed_cnn``, ``classifier`` or ``glr``)."""
-    if cfg.architecture == "seed_cnn":
-        trunk = SeedCNNTrunk(cfg.batchnorm_momentum)
-        spatial = image_size_px // 2 ** len(FILTERS)
-        head = SeedCNNHead(trunk.out_channels * spatial * spatial, num_classes, cfg.embedding_dim, cfg.dropout,
-                           cfg.dropout_before_batchnorm, cfg.batchnorm_momentum)
-        return LandmarkModel(trunk, head, num_classes, image_size_px, cfg.mean or (0.0,) * 3, cfg.std or (1.0,) * 3,
-                             cfg.dense_l2)
+def _build_seed_cnn(cfg: ModelConfig, num_classes: int, image_size_px: int) -> LandmarkModel:
+    if cfg.pretrained.strip().lower() not in ("", "none"):
+        log.warning("model.pretrained=%s is ignored: the seed CNN always starts from scratch", cfg.pretrained)
+    trunk = SeedCNNTrunk(cfg.batchnorm_momentum)
+    spatial = seed_cnn_spatial_px(image_size_px)
+    head = SeedCNNHead(trunk.out_channels * spatial * spatial, num_classes, cfg.embedding_dim, cfg.dropout,
+                       cfg.dropout_before_batchnorm, cfg.batchnorm_momentum)
+    mean = tuple(cfg.mean) if cfg.mean else (0.0, 0.0, 0.0)
+    std = tuple(cfg.std) if cfg.std else (1.0, 1.0, 1.0)
+    return LandmarkModel(trunk, head, num_classes, image_size_px, mean, std, cfg.dense_l2)
+
+
+def build_model(cfg: ModelConfig, num_classes: int, image_size_px: int,
+                class_counts: np.ndarray | None = None) -> LandmarkModel:
+    """The model an architecture name describes: ``seed_cnn``, ``classifier`` or ``glr``.
+
+    ``class_counts`` (photos per class index) sets the per-class ArcFace margins; without it every class
+    gets ``arcface_margin_min``.
+    """
     if cfg.architecture not in ARCHITECTURES:
         raise ConfigError(f"Unknown architecture {cfg.architecture!r}; choose one of {', '.join(ARCHITECTURES)}.")
+    if cfg.architecture == "seed_cnn":
+        return _build_seed_cnn(cfg, num_classes, image_size_px)
+    if not cfg.backbone:
+        raise ConfigError(f"model.backbone must name a timm model for architecture {cfg.architecture}.")
     backbone, channels, data_config = create_backbone(cfg.backbone, cfg.pretrained)
-    pooling = POOLING[cfg.pooling](cfg.gem_p) if cfg.pooling == "gem" else POOLING[cfg.pooling]()
+    pooling = make_pooling(cfg.pooling, cfg.gem_p)
     if cfg.architecture == "glr" or cfg.head == "arcface":
         head: nn.Module = ArcFaceHead(pooling, channels, cfg, num_classes, class_counts)
     else:
         head = PooledDenseHead(pooling, channels, cfg, num_classes)
-    mean = cfg.mean or tuple(data_config["mean"])
-    std = cfg.std or tuple(data_config["std"])
+    mean = tuple(cfg.mean) if cfg.mean else tuple(data_config["mean"])
+    std = tuple(cfg.std) if cfg.std else tuple(data_config["std"])
     return LandmarkModel(backbone, head, num_classes, image_size_px, mean, std)
 
 
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def save_model(model: LandmarkModel, run_dir: Path, cfg: ModelConfig, image_size_px: int) -> None:
-    """model.safetensors (written atomically) and model.json, enough to rebuild the model anywhere."""
+    """Write model.safetensors (the state dict, margins included) and model.json, each atomically:
+    enough to rebuild the model anywhere without the config, the data or a network."""
+    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = run_dir / f".model.safetensors.tmp-{os.getpid()}"
-    save_file(state, str(tmp))
+    save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, run_dir / "model.safetensors")
-    meta = {
+    config = dataclasses.asdict(cfg)
+    config["mean"] = list(config["mean"]) if config["mean"] else None
+    config["std"] = list(config["std"]) if config["std"] else None
+    meta: dict[str, Any] = {
+        "format_version": MODEL_FORMAT_VERSION,
         "architecture": cfg.architecture,
-        "config": dataclasses.asdict(cfg),
+        "config": config,
         "num_classes": model.num_classes,
-        "input_size_px": image_size_px,
+        "input_size_px": int(image_size_px),
         "mean": model.mean.flatten().tolist(),
         "std": model.std.flatten().tolist(),
         "embedding_dim": model.embedding_dim,
     }
-    (run_dir / "model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    _atomic_write_text(run_dir / "model.json", json.dumps(meta, indent=2) + "\n")
 
 
-def model_config_from_meta(meta: dict) -> ModelConfig:
+def model_config_from_meta(meta: dict[str, Any]) -> ModelConfig:
+    """The ModelConfig in model.json, with pretrained = none (the weights come from model.safetensors)."""
     known = {f.name for f in dataclasses.fields(ModelConfig)}
-    cfg = ModelConfig(**{k: v for k, v in meta["config"].items() if k in known})
-    cfg.pretrained = "none"  # the weights come from model.safetensors
+    cfg = ModelConfig(**{k: v for k, v in meta.get("config", {}).items() if k in known})
+    cfg.architecture = meta.get("architecture", cfg.architecture)
+    cfg.pretrained = "none"
     cfg.mean, cfg.std = tuple(meta["mean"]), tuple(meta["std"])
     return cfg
 
 
-def load_model(run_dir: Path) -> LandmarkModel:
-    """Rebuild a model from model.json and load model.safetensors, in eval mode, without any network."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "model.json").exists():
+def read_model_meta(run_dir: Path) -> dict[str, Any]:
+    """The parsed model.json of a run folder."""
+    path = Path(run_dir) / "model.json"
+    if not path.is_file():
         raise DataError(f"{run_dir} is not a run folder: model.json is missing.")
-    if not (run_dir / "model.safetensors").exists():
+    try:
+        meta = json.loads(path.read_text())
+        for key in ("architecture", "num_classes", "input_size_px", "mean", "std"):
+            meta[key]  # noqa: B018 (presence check)
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise DataError(f"{path} is not a valid model description ({type(error).__name__}: {error}).") from None
+    return meta
+
+
+def load_model(run_dir: Path) -> LandmarkModel:
+    """Rebuild a model from model.json alone (no pretrained weights, no network), load model.safetensors, eval mode."""
+    run_dir = Path(run_dir)
+    meta = read_model_meta(run_dir)
+    weights = run_dir / "model.safetensors"
+    if not weights.is_file():
         raise DataError(f"{run_dir} is not a complete run folder: model.safetensors is missing.")
-    meta = json.loads((run_dir / "model.json").read_text())
-    model = build_model(model_config_from_meta(meta), meta["num_classes"], meta["input_size_px"])
-    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    model = build_model(model_config_from_meta(meta), int(meta["num_classes"]), int(meta["input_size_px"]))
+    try:
+        model.load_state_dict(load_file(str(weights)))
+    except Exception as error:  # noqa: BLE001 (safetensors header errors, key and shape mismatches)
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"{weights} does not match {run_dir / 'model.json'}: {first}") from None
     return model.eval()

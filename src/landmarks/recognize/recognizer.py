@@ -112,6 +112,22 @@ class Recognizer:
     def name_of(self, landmark_id: int) -> str:
         return self.names.get(int(landmark_id), str(landmark_id))
 
+    def add_references(self, embeddings: np.ndarray, image_ids: Sequence[str], landmark_id: int, name: str | None = None) -> None:
+        """Make photos of a landmark (new or known) searchable at once; no retraining."""
+        if name is not None:
+            self.names[int(landmark_id)] = name
+        if self.index is None:
+            self.index = EmbeddingIndex.build(embeddings, list(image_ids), np.full(len(image_ids), landmark_id), "flat")
+            if not self.config.knn_weight:
+                self.config.knn_weight = 0.5
+        else:
+            self.index.add(embeddings, list(image_ids), [int(landmark_id)] * len(image_ids))
+
+    def next_landmark_id(self) -> int:
+        """An id no landmark uses yet (for enrolling a new one)."""
+        known = [*self.names.keys(), *self.class_landmark_ids.tolist(), -1]
+        return int(max(known)) + 1
+
     # -- prediction --------------------------------------------------------------------------
     def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 NHWC photos at ``input_size_px`` -> (embeddings, logits)."""

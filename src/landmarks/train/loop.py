@@ -224,6 +224,33 @@ class Trainer:
         return {"loss": total_loss / max(1, count), "accuracy": correct / max(1, count), "images": count,
                 "seconds": time.monotonic() - started}
 
+    @torch.no_grad()
+    def recompute_batchnorm(self) -> None:
+        """Precise BatchNorm: running statistics recomputed for the current weights from clean training photos.
+
+        With few steps per epoch (e.g. 1,000 photos in batches of 256) the moving averages lag far behind the
+        weights, and inference normalises with statistics of a network that no longer exists.
+        """
+        norms = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not norms or self.frozen:
+            return
+        momenta = [m.momentum for m in norms]
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # cumulative average over the batches below
+        self.model.train()
+        for dropout in (m for m in self.model.modules() if isinstance(m, torch.nn.Dropout)):
+            dropout.eval()
+        indices = self.data.indices("train")
+        rng = np.random.default_rng(self.config.train.seed + len(self.history))
+        chosen = rng.permutation(indices)[: self.config.train.precise_bn_batches * self.config.train.batch_size]
+        dataset = CachedImageDataset(self.data.cache, np.sort(chosen), np.zeros(len(chosen), dtype=np.int64))
+        for images, _ in DataLoader(dataset, batch_size=self.config.train.batch_size, num_workers=0):
+            self.model(images.to(self.device).contiguous(memory_format=torch.channels_last))
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
+        self.model.eval()
+
     def checkpoint(self) -> dict:
         return {
             "model": self.model.state_dict(),
@@ -280,6 +307,8 @@ class Trainer:
             self._unfreeze_if_due(epoch)
             tick = time.monotonic()
             train_stats = self.run_epoch("train", train=True)
+            if cfg.precise_bn_batches:
+                self.recompute_batchnorm()
             val_stats = self.run_epoch("val", train=False) if has_val else {"loss": math.nan, "accuracy": math.nan}
             if self.scheduler:
                 self.scheduler.step()
