@@ -71,3 +71,16 @@ def build_tiny_gldv2(root: Path) -> Path:
         "landmark_id,name\n" + "\n".join(f"{l},place_{l}" for l in landmark_ids) + "\n"
     )
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained run folder (seed CNN at 32 px, 2 epochs) over a tiny dataset, shared by a test session."""
+    from landmarks.config import load_config
+    from landmarks.train.loop import train
+
+    root = tmp_path_factory.mktemp("tiny-run")
+    data = build_tiny_gldv2(root / "gld")
+    overrides = ["data.image_size_px=32", "train.epochs=2", "train.batch_size=16", "train.workers=0",
+                 "train.early_stopping_patience=0", "train.lr=0.003", f"data.cache_dir={root / 'cache'}"]
+    return train(load_config("seed-cnn", overrides), data, root / "run")

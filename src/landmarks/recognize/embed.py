@@ -27,7 +27,7 @@ class Embedder(Protocol):
 
 def to_model_input(images: np.ndarray) -> torch.Tensor:
     """uint8 NHWC -> float32 NCHW in [0, 1], the input every LandmarkModel takes."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    return torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 def l2_normalize(vectors: np.ndarray) -> np.ndarray:
