@@ -6,7 +6,7 @@ DATA   ?= $(LANDMARKS_DATA)
 PRESET ?= glr
 RUN    ?= runs/demo-$(PRESET)
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast demo bench browser-deps clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -38,6 +38,13 @@ demo: install
 	@echo; echo "run folder:  $(RUN)"; echo "metrics:     $(RUN)/metrics.json and $(RUN)/evaluation/"; \
 	  echo "plots:       $(RUN)/plots/ (curves, augmentations, predictions)"; \
 	  test -f $(RUN)/submission.csv && echo "submission:  $(RUN)/submission.csv" || true
+
+# Debian's Chromium for the end-to-end browser test (skipped without it).
+browser-deps:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium >/dev/null; }; }
 
 bench: install
 	$(PY) benchmarks/bench_train.py --write

@@ -1,0 +1,138 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from landmarks.config import ModelConfig
+from landmarks.errors import ConfigError, DataError
+from landmarks.models.heads import dynamic_margins
+from landmarks.models.registry import ArcFaceHead, LandmarkModel, PooledDenseHead, build_model, load_model, save_model
+
+CONFIGS = {
+    "seed_cnn": ModelConfig(architecture="seed_cnn", embedding_dim=32),
+    "classifier": ModelConfig(architecture="classifier", backbone="test_efficientnet", embedding_dim=16),
+    "classifier_arcface": ModelConfig(architecture="classifier", backbone="test_resnet", head="arcface",
+                                      embedding_dim=16, arcface_subcenters=2),
+    "glr": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem", embedding_dim=16),
+}
+COUNTS = np.array([1, 16, 256, 3])
+
+
+def _build(name: str) -> LandmarkModel:
+    torch.manual_seed(0)
+    return build_model(CONFIGS[name], num_classes=4, image_size_px=32, class_counts=COUNTS)
+
+
+def _perturb(model: LandmarkModel) -> None:
+    """Train one step so BatchNorm statistics, GeM's p and the weights move away from their initial values."""
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    _, logits = model(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+    optimizer.step()
+    model.eval()
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_save_load_round_trip_gives_identical_outputs(tmp_path: Path, name: str):
+    model = _build(name)
+    _perturb(model)
+    save_model(model, tmp_path, CONFIGS[name], 32)
+    assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.glob(".*tmp*"))
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["architecture"] == CONFIGS[name].architecture and meta["num_classes"] == 4
+    assert meta["input_size_px"] == 32 and meta["embedding_dim"] == model.embedding_dim
+    assert meta["config"]["backbone"] == CONFIGS[name].backbone and len(meta["mean"]) == 3
+
+    loaded = load_model(tmp_path)
+    assert not loaded.training and type(loaded.head) is type(model.head)
+    images, labels = torch.rand(3, 3, 32, 32), torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        for before, after in zip(model(images), loaded(images)):
+            assert torch.equal(before, after)
+        for before, after in zip(model(images, labels), loaded(images, labels)):
+            assert torch.equal(before, after)
+    assert torch.equal(model.mean, loaded.mean) and torch.equal(model.std, loaded.std)
+
+
+def test_margins_come_from_class_counts_and_survive_a_round_trip(tmp_path: Path):
+    model = _build("glr")
+    expected = torch.from_numpy(dynamic_margins(COUNTS, 0.05, 0.45))
+    assert torch.equal(model.head.arcface.margins, expected)
+    save_model(model, tmp_path, CONFIGS["glr"], 32)
+    assert torch.equal(load_model(tmp_path).head.arcface.margins, expected)  # rebuilt without class_counts
+    plain = build_model(CONFIGS["glr"], num_classes=4, image_size_px=32)
+    assert plain.head.arcface.margins.tolist() == pytest.approx([0.05] * 4)
+
+
+def test_heads_per_architecture():
+    assert isinstance(_build("classifier").head, PooledDenseHead)
+    arcface = _build("classifier_arcface").head
+    assert isinstance(arcface, ArcFaceHead) and arcface.arcface.weight.shape == (4 * 2, 16)
+    glr = _build("glr").head
+    assert isinstance(glr, ArcFaceHead) and type(glr.pool).__name__ == "GeM" and glr.arcface.subcenters == 3
+
+
+def test_model_methods_agree():
+    model = _build("glr").eval()
+    images = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        feature_map = model.features(images)
+        assert feature_map.dim() == 4 and feature_map.shape[0] == 2
+        embedding, logits = model.head_from_features(feature_map)
+        assert torch.equal(embedding, model(images)[0]) and logits.shape == (2, 4)
+        embedded = model.embed(images)
+    assert embedded.shape == (2, 16) and torch.allclose(embedded.norm(dim=1), torch.ones(2), atol=1e-5)
+    assert torch.allclose(embedded, torch.nn.functional.normalize(embedding), atol=1e-6)
+    assert torch.allclose(model.plain_logits(embedding), logits, atol=1e-5)
+    assert model.regularization_loss().item() == 0.0
+    backbone, head = set(map(id, model.backbone_parameters())), set(map(id, model.head_parameters()))
+    assert not backbone & head and backbone | head == set(map(id, model.parameters()))
+
+
+def test_mean_and_std_from_the_backbone_or_the_config():
+    lite = ModelConfig(architecture="glr", backbone="tf_efficientnet_lite0", embedding_dim=8)
+    model = build_model(lite, num_classes=2, image_size_px=32)
+    assert model.mean.flatten().tolist() == [0.5] * 3 and model.std.flatten().tolist() == [0.5] * 3
+    assert model.mean.shape == (1, 3, 1, 1)
+    custom = ModelConfig(architecture="classifier", backbone="test_resnet", mean=(0.1, 0.2, 0.3), std=(1.0, 2.0, 3.0))
+    model = build_model(custom, num_classes=2, image_size_px=32)
+    assert model.mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3]) and model.std.flatten()[2] == 3.0
+
+
+def test_load_rebuilds_without_pretrained_weights(tmp_path: Path):
+    cfg = ModelConfig(architecture="classifier", backbone="test_resnet", pretrained=str(tmp_path / "gone.safetensors"))
+    model = build_model(ModelConfig(architecture="classifier", backbone="test_resnet"), 3, 32)
+    save_model(model, tmp_path / "run", cfg, 32)  # the weights file named in the config no longer exists
+    loaded = load_model(tmp_path / "run")
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], tensor), key
+
+
+def test_missing_model_json_is_a_data_error(tmp_path: Path):
+    with pytest.raises(DataError, match=r"is not a run folder: model\.json is missing"):
+        load_model(tmp_path)
+    model = _build("seed_cnn")
+    save_model(model, tmp_path, CONFIGS["seed_cnn"], 32)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(DataError, match=r"model\.safetensors is missing"):
+        load_model(tmp_path)
+
+
+def test_weights_that_do_not_match_model_json_are_a_data_error(tmp_path: Path):
+    save_model(_build("seed_cnn"), tmp_path, CONFIGS["seed_cnn"], 32)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    meta["num_classes"] = 5
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="does not match"):
+        load_model(tmp_path)
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(DataError, match="not a valid model description"):
+        load_model(tmp_path)
+
+
+def test_unknown_architecture_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match="choose one of seed_cnn, classifier, glr"):
+        build_model(ModelConfig(architecture="vit_arcface"), 3, 32)
