@@ -55,7 +55,6 @@ class ModelConfig:
     pooling: str = "avg"  # avg | gem
     gem_p: float = 3.0
     embedding_dim: int = 512  # neck / dense layer width
-    hidden_dim: int = 512  # classifier: width of the second dense layer
     dropout: float = 0.5
     dense_l2: float = 1e-4  # seed_cnn: L2 on the 512-unit dense layer (Keras kernel_regularizer)
     dropout_before_batchnorm: bool = True  # seed_cnn: the seed's Dense -> Dropout -> BatchNorm order

@@ -129,7 +129,8 @@ def finish_run(run_dir: Path, config: Config, data: "PreparedData", model: "Land
     index.save(run_dir / "index")
     recognizer = Recognizer(embedder, data.landmark_ids, data.names, index, config.recognize, run_dir)
     history = pd.read_csv(run_dir / "history.csv")
-    plots.plot_curves(history, run_dir / "plots" / "curves.png")
+    if len(history):
+        plots.plot_curves(history, run_dir / "plots" / "curves.png")
     result: dict = {"split": "held-out test split of the training data", "epochs": int(len(history))}
     test = data.indices("test")
     if len(test):
@@ -141,7 +142,8 @@ def finish_run(run_dir: Path, config: Config, data: "PreparedData", model: "Land
         result["classifier_accuracy"] = float((data.landmark_ids[logits.argmax(1)] == true).mean())
         write_report(run_dir / "evaluation" / "held-out", predictions, true, data.names, result)
     result["train_minutes"] = float(history["seconds"].sum() / 60)
-    result["best_epoch"] = int(history["val_loss"].idxmin() + 1) if history["val_loss"].notna().any() else len(history)
+    has_val_loss = len(history) and history["val_loss"].notna().any()
+    result["best_epoch"] = int(history["val_loss"].idxmin() + 1) if has_val_loss else len(history)
     write_json(run_dir / "metrics.json", result)
     val = data.indices("val")
     if len(val):

@@ -64,3 +64,12 @@ def sum_scalars(*values: float) -> tuple[float, ...]:
     tensor = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(tensor)
     return tuple(float(v) for v in tensor)
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every process when it is true on any (so that all stop together)."""
+    if world_size() <= 1:
+        return flag
+    tensor = torch.tensor([1.0 if flag else 0.0])
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())

@@ -178,7 +178,7 @@ class Trainer:
 
     def run_epoch(self, split: str, train: bool) -> dict[str, float]:
         """One pass over a split; returns mean loss and accuracy (logits without margin)."""
-        use_cached = self.frozen and self.config.train.cache_features
+        use_cached = self.frozen and self.config.train.cache_features and distributed.world_size() == 1
         if use_cached:
             features, labels = self._features_of(split, train)
             loader = DataLoader(
@@ -345,9 +345,14 @@ class Trainer:
             if cfg.early_stopping_patience and self.epochs_without_improvement >= cfg.early_stopping_patience:
                 log.info("early stopping: no improvement for %d epochs", cfg.early_stopping_patience)
                 break
-            if cfg.max_minutes and (time.monotonic() - started) / 60 >= cfg.max_minutes:
+            out_of_time = bool(cfg.max_minutes) and (time.monotonic() - started) / 60 >= cfg.max_minutes
+            if distributed.any_rank(out_of_time):
                 log.info("time budget of %.1f minutes reached", cfg.max_minutes)
                 break
+        if not self.history and distributed.is_main():  # nothing to train (epochs 0): an empty history
+            pd.DataFrame(columns=["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
+                                  "train_seconds", "images_per_second", "backbone_frozen"]).to_csv(
+                self.run_dir / "history.csv", index=False)
         best = checkpoints / "best.pt"
         if best.exists():
             self.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))

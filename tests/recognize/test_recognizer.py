@@ -1,0 +1,75 @@
+"""The Recognizer on a tiny run: fusion, neighbours, non-landmark references, enrolment, unreadable files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from landmarks.config import RecognizeConfig
+from landmarks.recognize.index import EmbeddingIndex
+from landmarks.recognize.recognizer import Recognizer
+
+
+class FixedEmbedder:
+    """Embeddings and logits given directly (a stand-in for a model)."""
+
+    input_size_px = 8
+
+    def __call__(self, images):
+        raise AssertionError("not used")
+
+
+def unit(*values: float) -> np.ndarray:
+    v = np.array(values, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+def make(knn_weight: float = 0.5, penalty: float = 1.0) -> Recognizer:
+    refs = np.stack([unit(1, 0, 0), unit(0.9, 0.1, 0), unit(0, 1, 0), unit(0, 0, 1)])
+    index = EmbeddingIndex.build(refs, ["a1", "a2", "b1", "none1"], np.array([10, 10, 20, -1]), "flat")
+    config = RecognizeConfig(knn_k=3, knn_weight=knn_weight, top_k=2, non_landmark_penalty=penalty, show_neighbours=2)
+    return Recognizer(FixedEmbedder(), np.array([10, 20]), {10: "tower", 20: "bridge"}, index, config)
+
+
+def test_fused_score_by_hand():
+    recognizer = make(knn_weight=0.5)
+    # query == a1: knn(10) = 1.0, knn(20) = 0 (b1 not among 3 nearest? it is: sims a1 1, a2 .994, b1 0, none1 0)
+    logits = np.log(np.array([[0.8, 0.2]], dtype=np.float32))  # classifier probabilities 0.8 / 0.2
+    [prediction] = recognizer.score(unit(1, 0, 0)[None], logits)
+    assert prediction.landmark_id == 10 and prediction.name == "tower"
+    assert prediction.confidence == pytest.approx(0.5 * 1.0 + 0.5 * 0.8, abs=1e-5)
+    assert [n.image_id for n in prediction.neighbours] == ["a1", "a2"]
+    assert prediction.candidates[1].landmark_id == 20 and prediction.candidates[1].score == pytest.approx(0.5 * 0.2, abs=1e-5)
+
+
+def test_a_close_non_landmark_reference_lowers_the_confidence():
+    recognizer = make(knn_weight=1.0, penalty=1.0)
+    query = unit(0.5, 0, 0.8)  # closer to the non-landmark photo than to the tower's
+    [prediction] = recognizer.score(query[None], np.zeros((1, 2), np.float32))
+    tower_similarity = float(query @ unit(1, 0, 0))
+    non_landmark_similarity = float(query @ unit(0, 0, 1))
+    expected = tower_similarity - (non_landmark_similarity - tower_similarity)
+    assert prediction.confidence == pytest.approx(max(0.0, expected), abs=1e-5)
+    assert prediction.confidence < tower_similarity
+
+
+def test_enrolled_landmark_is_found_without_retraining():
+    recognizer = make()
+    new_id = recognizer.next_landmark_id()
+    assert new_id == 21
+    recognizer.add_references(np.stack([unit(0.3, 0.3, -0.9)]), ["new1"], new_id, "fountain")
+    [prediction] = recognizer.score(unit(0.3, 0.3, -0.9)[None], np.zeros((1, 2), np.float32))
+    assert prediction.name == "fountain" and prediction.confidence == pytest.approx(1.0, abs=1e-5)
+
+
+def test_predict_paths_skips_unreadable_files(tiny_run_dir: Path, tiny_gldv2: Path, tmp_path: Path):
+    recognizer = Recognizer.load(tiny_run_dir, backend="torch")
+    good = sorted(str(p) for p in (tiny_gldv2 / "test").rglob("*.jpg"))[:2]
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    predictions, failures = recognizer.predict_paths([good[0], str(bad), good[1], str(tmp_path / "missing.jpg")])
+    assert [p is None for p in predictions] == [False, True, False, True]
+    assert {Path(f[0]).name for f in failures} == {"bad.jpg", "missing.jpg"}
+    assert all(0 <= p.confidence <= 1 for p in predictions if p)
