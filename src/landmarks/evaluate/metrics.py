@@ -1,4 +1,8 @@
-"""Recognition and retrieval metrics: accuracy, top-k, Kaggle's GAP, mAP@k, per-landmark report, confusions."""
+"""Recognition and retrieval metrics: accuracy, top-k, Kaggle's GAP, mAP@k, per-landmark report, confusions.
+
+Every function is pure (numpy/pandas in, a number or a DataFrame out). Landmark id -1 (``NO_LANDMARK``)
+means "no landmark": in the truth, a query that shows none; in a prediction, an empty prediction.
+"""
 
 from __future__ import annotations
 
@@ -8,85 +12,175 @@ import numpy as np
 import pandas as pd
 
 NO_LANDMARK = -1
+NO_LANDMARK_NAME = "(no landmark)"
 
 
-def global_average_precision(predicted_ids: Sequence[int], confidences: Sequence[float], true_ids: Sequence[int]) -> float:
+def _ids(values: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
+    array = np.asarray(values, dtype=np.int64)
+    if array.ndim != 1:
+        raise ValueError(f"{what} must be one-dimensional, got shape {array.shape}.")
+    return array
+
+
+def _same_length(**arrays: np.ndarray) -> None:
+    lengths = {name: len(array) for name, array in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"Expected one value per query, got lengths {lengths}.")
+
+
+def _name(landmark_id: int, names: Mapping[int, str]) -> str:
+    if landmark_id == NO_LANDMARK:
+        return NO_LANDMARK_NAME
+    return str(names.get(int(landmark_id), str(landmark_id)))
+
+
+def global_average_precision(
+    predicted_ids: Sequence[int], confidences: Sequence[float], true_ids: Sequence[int]
+) -> float:
     """Kaggle's Global Average Precision (micro-AP) of the Google Landmark Recognition challenges.
 
-    One prediction per query. Non-empty predictions (id != -1) are ranked by confidence, highest first (ties keep
-    input order). GAP = 1/M * sum_i P(i) rel(i), with M the number of queries that show a landmark (true id != -1),
-    P(i) the precision of the first i ranked predictions and rel(i) = 1 when prediction i is correct. A prediction
-    on a query without a landmark is a false positive; an empty prediction costs nothing.
+    Each query has one prediction (a landmark id and a confidence); predicted id -1 is an empty
+    prediction, which is not ranked and costs nothing. The non-empty predictions are sorted by
+    confidence, highest first (a stable sort: ties keep their input order), and
+
+        GAP = 1/M * sum_i P(i) * rel(i)
+
+    where i runs over the ranked predictions, P(i) is the precision of the first i of them,
+    rel(i) = 1 when prediction i is the query's landmark (else 0), and M is the number of queries
+    that show a landmark (true id != -1). Queries without a landmark never count in M, but a
+    prediction on one is a false positive that lowers the precision of every rank below it;
+    a query with a landmark but an empty prediction counts in M and can only lower GAP.
+    GAP is 0.0 when M = 0.
     """
-    predicted = np.asarray(predicted_ids, dtype=np.int64)
-    true = np.asarray(true_ids, dtype=np.int64)
+    predicted = _ids(predicted_ids, "predicted_ids")
+    true = _ids(true_ids, "true_ids")
     confidence = np.asarray(confidences, dtype=np.float64)
-    total = int((true != NO_LANDMARK).sum())
-    if total == 0:
+    _same_length(predicted_ids=predicted, confidences=confidence, true_ids=true)
+    queries_with_landmark = int((true != NO_LANDMARK).sum())
+    if queries_with_landmark == 0:
         return 0.0
     made = predicted != NO_LANDMARK
     order = np.argsort(-confidence[made], kind="stable")
-    correct = ((predicted[made] == true[made]) & (true[made] != NO_LANDMARK))[order]
-    precision = np.cumsum(correct) / np.arange(1, len(correct) + 1)
-    return float((precision * correct).sum() / total)
+    relevant = (predicted[made] == true[made])[order]  # predicted != -1 here, so a hit implies true != -1
+    precision = np.cumsum(relevant) / np.arange(1, len(relevant) + 1)
+    return float((precision * relevant).sum() / queries_with_landmark)
 
 
 def accuracy(predicted_ids: Sequence[int], true_ids: Sequence[int]) -> float:
-    """Share of queries showing a landmark whose prediction is right (queries without a landmark are left out)."""
-    predicted, true = np.asarray(predicted_ids), np.asarray(true_ids)
+    """Share of the queries that show a landmark (true id != -1) whose predicted id is right.
+
+    Queries without a landmark are left out entirely; an empty prediction (-1) on a landmark query
+    counts as wrong. 0.0 when no query shows a landmark.
+    """
+    predicted, true = _ids(predicted_ids, "predicted_ids"), _ids(true_ids, "true_ids")
+    _same_length(predicted_ids=predicted, true_ids=true)
     keep = true != NO_LANDMARK
     return float((predicted[keep] == true[keep]).mean()) if keep.any() else 0.0
 
 
 def top_k_accuracy(ranked_ids: np.ndarray, true_ids: Sequence[int], k: int) -> float:
-    """Share of queries showing a landmark whose landmark is among the first k ranked ids."""
-    ranked, true = np.asarray(ranked_ids)[:, :k], np.asarray(true_ids)
+    """Share of the queries that show a landmark (true id != -1) whose landmark is among the first k ranked ids.
+
+    ``ranked_ids`` is (N, K), best first, padded with -1; only the first k columns are read. Queries without
+    a landmark are left out entirely. 0.0 when no query shows a landmark.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}.")
+    ranked = np.asarray(ranked_ids, dtype=np.int64)
+    if ranked.ndim != 2:
+        raise ValueError(f"ranked_ids must be (queries, k), got shape {ranked.shape}.")
+    true = _ids(true_ids, "true_ids")
+    _same_length(ranked_ids=ranked, true_ids=true)
     keep = true != NO_LANDMARK
     if not keep.any():
         return 0.0
-    return float((ranked[keep] == true[keep, None]).any(axis=1).mean())
+    return float((ranked[keep, :k] == true[keep, None]).any(axis=1).mean())
 
 
 def mean_average_precision_at_k(
     retrieved_labels: np.ndarray, true_ids: Sequence[int], relevant_counts: Sequence[int], k: int = 100
 ) -> float:
-    """Retrieval mAP@k (GLDv2): AP@k = 1/min(m_q, k) * sum_{i<=k} P(i) rel(i), over queries with a landmark and m_q > 0."""
-    retrieved = np.asarray(retrieved_labels)[:, :k]
-    true = np.asarray(true_ids)
-    counts = np.asarray(relevant_counts)
+    """Retrieval mAP@k of the GLDv2 retrieval task (Weyand et al. 2020).
+
+    ``retrieved_labels[q]`` holds the landmark ids of query q's ranked neighbours (best first, -1 padding
+    never relevant) and ``relevant_counts[q]`` = m_q, the number of reference photos of q's landmark. For
+    each query with a landmark and m_q > 0:
+
+        AP@k(q) = 1/min(m_q, k) * sum_{i<=k} P_q(i) * rel_q(i)
+
+    with P_q(i) the precision of q's first i neighbours and rel_q(i) = 1 when neighbour i shows q's
+    landmark. mAP@k is the mean over those queries (queries with true id -1 or m_q = 0 are skipped);
+    0.0 when none is left.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}.")
+    retrieved = np.asarray(retrieved_labels, dtype=np.int64)
+    if retrieved.ndim != 2:
+        raise ValueError(f"retrieved_labels must be (queries, neighbours), got shape {retrieved.shape}.")
+    true = _ids(true_ids, "true_ids")
+    counts = _ids(relevant_counts, "relevant_counts")
+    _same_length(retrieved_labels=retrieved, true_ids=true, relevant_counts=counts)
     keep = (true != NO_LANDMARK) & (counts > 0)
     if not keep.any():
         return 0.0
-    relevant = (retrieved[keep] == true[keep, None]) & (retrieved[keep] != NO_LANDMARK)
+    retrieved = retrieved[keep, :k]
+    relevant = (retrieved == true[keep, None]) & (retrieved != NO_LANDMARK)
     precision = np.cumsum(relevant, axis=1) / np.arange(1, relevant.shape[1] + 1)
-    ap = (precision * relevant).sum(axis=1) / np.minimum(counts[keep], k)
-    return float(ap.mean())
+    average_precision = (precision * relevant).sum(axis=1) / np.minimum(counts[keep], k)
+    return float(average_precision.mean())
 
 
-def per_landmark_report(predicted_ids: Sequence[int], true_ids: Sequence[int], names: Mapping[int, str]) -> pd.DataFrame:
-    """Support, predictions, precision and recall per landmark (0 where undefined)."""
-    frame = pd.DataFrame({"true": np.asarray(true_ids), "predicted": np.asarray(predicted_ids)})
-    ids = sorted(set(frame["true"]) | set(frame["predicted"]) - {NO_LANDMARK})
-    ids = [i for i in ids if i != NO_LANDMARK]
-    support = frame["true"].value_counts()
-    predicted = frame["predicted"].value_counts()
-    correct = frame[frame["true"] == frame["predicted"]]["true"].value_counts()
-    report = pd.DataFrame({"landmark_id": ids})
-    report["name"] = [names.get(int(i), str(i)) for i in ids]
-    report["support"] = [int(support.get(i, 0)) for i in ids]
-    report["predicted"] = [int(predicted.get(i, 0)) for i in ids]
-    report["correct"] = [int(correct.get(i, 0)) for i in ids]
-    report["precision"] = np.where(report["predicted"] > 0, report["correct"] / report["predicted"].clip(lower=1), 0.0)
-    report["recall"] = np.where(report["support"] > 0, report["correct"] / report["support"].clip(lower=1), 0.0)
-    return report.sort_values(["support", "landmark_id"], ascending=[False, True], kind="stable").reset_index(drop=True)
+def per_landmark_report(
+    predicted_ids: Sequence[int], true_ids: Sequence[int], names: Mapping[int, str]
+) -> pd.DataFrame:
+    """One row per landmark seen in the truth or the predictions (-1 left out), most frequent in the truth first.
+
+    Columns: landmark_id, name, support (queries that show it), predicted (queries predicted as it),
+    correct, precision = correct / predicted and recall = correct / support (0.0 where the denominator is 0).
+    """
+    predicted, true = _ids(predicted_ids, "predicted_ids"), _ids(true_ids, "true_ids")
+    _same_length(predicted_ids=predicted, true_ids=true)
+    ids = np.array(sorted((set(true.tolist()) | set(predicted.tolist())) - {NO_LANDMARK}), dtype=np.int64)
+    support = pd.Series(true).value_counts()
+    predicted_counts = pd.Series(predicted).value_counts()
+    correct_counts = pd.Series(true[predicted == true]).value_counts()
+    report = pd.DataFrame(
+        {
+            "landmark_id": ids,
+            "name": [_name(i, names) for i in ids],
+            "support": support.reindex(ids, fill_value=0).to_numpy(dtype=np.int64),
+            "predicted": predicted_counts.reindex(ids, fill_value=0).to_numpy(dtype=np.int64),
+            "correct": correct_counts.reindex(ids, fill_value=0).to_numpy(dtype=np.int64),
+        }
+    )
+    correct = report["correct"].to_numpy(dtype=np.float64)
+    report["precision"] = np.divide(correct, report["predicted"], out=np.zeros(len(report)), where=report["predicted"] > 0)
+    report["recall"] = np.divide(correct, report["support"], out=np.zeros(len(report)), where=report["support"] > 0)
+    report = report.sort_values(["support", "landmark_id"], ascending=[False, True], kind="stable")
+    return report.reset_index(drop=True)
 
 
-def confused_pairs(predicted_ids: Sequence[int], true_ids: Sequence[int], names: Mapping[int, str], top: int = 20) -> pd.DataFrame:
-    """The most frequent (true, predicted) mistakes, non-landmark queries taken for a landmark included."""
-    frame = pd.DataFrame({"true_id": np.asarray(true_ids), "predicted_id": np.asarray(predicted_ids)})
-    wrong = frame[(frame["true_id"] != frame["predicted_id"]) & (frame["predicted_id"] != NO_LANDMARK)]
-    pairs = wrong.value_counts().rename("count").reset_index()
-    pairs = pairs.sort_values(["count", "true_id", "predicted_id"], ascending=[False, True, True], kind="stable").head(top)
-    pairs.insert(1, "true_name", [names.get(int(i), str(i)) if i != NO_LANDMARK else "(no landmark)" for i in pairs["true_id"]])
-    pairs.insert(3, "predicted_name", [names.get(int(i), str(i)) for i in pairs["predicted_id"]])
-    return pairs.reset_index(drop=True)
+def confused_pairs(
+    predicted_ids: Sequence[int], true_ids: Sequence[int], names: Mapping[int, str], top: int = 20
+) -> pd.DataFrame:
+    """The ``top`` most frequent mistakes as (true, predicted) pairs with their count, most frequent first.
+
+    A mistake is a landmark prediction (predicted id != -1) that differs from the truth: one landmark taken
+    for another, or a query without a landmark taken for one (true_id -1, true_name "(no landmark)").
+    Empty predictions are not listed. Columns: true_id, true_name, predicted_id, predicted_name, count.
+    """
+    predicted, true = _ids(predicted_ids, "predicted_ids"), _ids(true_ids, "true_ids")
+    _same_length(predicted_ids=predicted, true_ids=true)
+    wrong = (predicted != true) & (predicted != NO_LANDMARK)
+    frame = pd.DataFrame({"true_id": true[wrong], "predicted_id": predicted[wrong]})
+    pairs = frame.groupby(["true_id", "predicted_id"], sort=True).size().rename("count").reset_index()
+    pairs = pairs.sort_values("count", ascending=False, kind="stable").head(top).reset_index(drop=True)
+    return pd.DataFrame(
+        {
+            "true_id": pairs["true_id"].to_numpy(dtype=np.int64),
+            "true_name": [_name(i, names) for i in pairs["true_id"]],
+            "predicted_id": pairs["predicted_id"].to_numpy(dtype=np.int64),
+            "predicted_name": [_name(i, names) for i in pairs["predicted_id"]],
+            "count": pairs["count"].to_numpy(dtype=np.int64),
+        }
+    )

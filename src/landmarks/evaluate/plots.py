@@ -1,8 +1,13 @@
-"""Plots a person would rather look at than read: curves, augmentations, prediction collages, confidences."""
+"""Plots a person would rather look at than read: curves, augmentations, prediction collages, confidences.
+
+Every function draws one figure with matplotlib's Agg backend (no display needed), writes it as a PNG
+(parent folders created), closes it and returns the path.
+"""
 
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -12,103 +17,198 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+DPI = 120
 GREEN, RED = "#1a7f37", "#cf222e"
+TRAIN_COLOUR, VAL_COLOUR, BEST_COLOUR = "#0969da", "#bf5700", "#57606a"
+NO_LANDMARK_NAME = "(no landmark)"
 
 
 def _save(figure: plt.Figure, out_path: Path) -> Path:
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(out_path, dpi=120)
-    plt.close(figure)
+    try:
+        figure.tight_layout()
+        figure.savefig(out_path, dpi=DPI)
+    finally:
+        plt.close(figure)
     return out_path
 
 
+def _short(text: str, width: int) -> str:
+    """``text`` on at most two lines of ``width`` characters, cut with an ellipsis past that."""
+    text = str(text)
+    lines = textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=False) or [""]
+    if len(lines) > 2:
+        lines = [lines[0], lines[1][: width - 1] + "…"]
+    return "\n".join(lines)
+
+
+def _displayable(image: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """An HWC/HW array imshow shows as a photo: uint8 kept, floats clipped to [0, 1], greys in grey."""
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.dtype != np.uint8:
+        array = array.astype(np.float64)
+        if array.size and np.nanmax(array) > 1.0:  # 0..255 in a float or wider int array
+            array = array / 255.0
+        array = np.clip(array, 0.0, 1.0)
+    return array, ("gray" if array.ndim == 2 else None)
+
+
+def _show(axis: plt.Axes, image: np.ndarray) -> None:
+    array, cmap = _displayable(image)
+    if cmap is None:
+        axis.imshow(array)
+    else:
+        axis.imshow(array, cmap=cmap, vmin=0, vmax=255 if array.dtype == np.uint8 else 1)
+
+
+def _best_validation_epoch(history: pd.DataFrame, epochs: np.ndarray) -> tuple[float, str] | None:
+    """The epoch with the lowest validation loss (else the highest validation accuracy), and what made it best."""
+    for column, pick, label in (("val_loss", np.nanargmin, "lowest validation loss"),
+                                ("val_accuracy", np.nanargmax, "highest validation accuracy")):
+        if column in history and history[column].notna().any():
+            row = int(pick(history[column].to_numpy(dtype=np.float64)))
+            return float(epochs[row]), label
+    return None
+
+
 def plot_curves(history: pd.DataFrame, out_path: Path) -> Path:
-    """Training and validation accuracy and loss per epoch, the best validation epoch marked."""
-    figure, (acc_axis, loss_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
-    epochs = history["epoch"] if "epoch" in history else np.arange(1, len(history) + 1)
-    for axis, metric, title in ((acc_axis, "accuracy", "Accuracy"), (loss_axis, "loss", "Loss")):
-        if f"train_{metric}" in history:
-            axis.plot(epochs, history[f"train_{metric}"], "o-", label="training", color="#0969da", markersize=3)
-        if f"val_{metric}" in history and history[f"val_{metric}"].notna().any():
-            axis.plot(epochs, history[f"val_{metric}"], "s-", label="validation", color="#bf8700", markersize=3)
-        axis.set_title(title)
+    """Accuracy and loss per epoch, training vs validation side by side, the best validation epoch dashed.
+
+    ``history`` has one row per epoch with columns epoch, train_loss, train_accuracy and optionally
+    val_loss, val_accuracy (missing or NaN validation values are simply not drawn).
+    """
+    epochs = (history["epoch"] if "epoch" in history else pd.Series(np.arange(1, len(history) + 1))).to_numpy()
+    figure, (accuracy_axis, loss_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
+    best = _best_validation_epoch(history, epochs)
+    for axis, metric, title in ((accuracy_axis, "accuracy", "Accuracy"), (loss_axis, "loss", "Loss")):
+        for split, label, colour, marker in (("train", "training", TRAIN_COLOUR, "o"),
+                                             ("val", "validation", VAL_COLOUR, "s")):
+            column = f"{split}_{metric}"
+            if column in history and history[column].notna().any():
+                axis.plot(epochs, history[column].to_numpy(dtype=np.float64), marker=marker, markersize=3.5,
+                          linewidth=1.6, color=colour, label=label)
+        if best is not None:
+            epoch, why = best
+            axis.axvline(epoch, linestyle="--", linewidth=1.2, color=BEST_COLOUR,
+                         label=f"best epoch {epoch:g} ({why})")
+        axis.set_title(f"{title} per epoch")
         axis.set_xlabel("epoch")
         axis.set_ylabel(metric)
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
-    if "val_loss" in history and history["val_loss"].notna().any():
-        best = int(np.nanargmin(history["val_loss"].to_numpy()))
-        for axis in (acc_axis, loss_axis):
-            axis.axvline(epochs.iloc[best] if hasattr(epochs, "iloc") else epochs[best], ls="--", color="grey",
-                         label=f"best validation loss (epoch {best + 1})")
-    acc_axis.set_ylim(0, 1.02)
-    for axis in (acc_axis, loss_axis):
-        if axis.lines:
+        if axis.get_legend_handles_labels()[0]:
             axis.legend(loc="best", fontsize=8)
+    accuracies = [history[c].to_numpy(dtype=np.float64) for c in ("train_accuracy", "val_accuracy") if c in history]
+    top = max([1.0, *(float(np.nanmax(a)) for a in accuracies if np.isfinite(a).any())])
+    accuracy_axis.set_ylim(0, top * 1.02)
+    loss_axis.set_ylim(bottom=0)
     return _save(figure, out_path)
 
 
-def plot_augmentations(raw: Sequence[np.ndarray], augmented: Sequence[Sequence[np.ndarray]], out_path: Path,
-                       titles: Sequence[str] | None = None) -> Path:
-    """One row per photo: the original beside its augmented versions."""
-    rows = len(raw)
-    columns = 1 + max((len(a) for a in augmented), default=0)
-    figure, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 1.9 * rows + 0.3), squeeze=False)
-    for row in range(rows):
-        images = [raw[row], *augmented[row]]
-        for column in range(columns):
-            axis = axes[row][column]
-            axis.axis("off")
-            if column < len(images):
-                axis.imshow(images[column])
-            if column == 0:
-                axis.set_title("original" + (f"\n{titles[row]}" if titles else ""), fontsize=8)
-            elif row == 0:
-                axis.set_title(f"augmented {column}", fontsize=8)
-    figure.suptitle("Training augmentation", fontsize=11)
-    return _save(figure, out_path)
-
-
-def plot_predictions(images: Sequence[np.ndarray], true_names: Sequence[str], predicted_names: Sequence[str],
-                     confidences: Sequence[float], out_path: Path, columns: int = 4) -> Path:
-    """A collage of photos titled with the prediction and its confidence; right in green, wrong in red."""
-    count = len(images)
-    columns = max(1, min(columns, count))
-    rows = max(1, math.ceil(count / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.3 * rows), squeeze=False)
+def plot_augmentations(
+    raw: Sequence[np.ndarray],
+    augmented: Sequence[Sequence[np.ndarray]],
+    out_path: Path,
+    titles: Sequence[str] | None = None,
+) -> Path:
+    """One row per photo: the raw photo (titled "original" and its name) beside its augmented versions (HWC)."""
+    if len(raw) != len(augmented):
+        raise ValueError(f"Expected one list of augmented views per photo, got {len(raw)} photos and {len(augmented)}.")
+    if titles is not None and len(titles) != len(raw):
+        raise ValueError(f"Expected one title per photo, got {len(raw)} photos and {len(titles)} titles.")
+    rows = max(1, len(raw))
+    columns = 1 + max((len(views) for views in augmented), default=0)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.9 * columns, 1.9 * rows + 0.5), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
-    for i in range(count):
-        axis = axes.flat[i]
-        correct = predicted_names[i] == true_names[i]
+    for row, photo in enumerate(raw):
+        for column, image in enumerate([photo, *augmented[row]]):
+            _show(axes[row][column], image)
+        title = "original" + (f"\n{_short(titles[row], 22)}" if titles is not None else "")
+        axes[row][0].set_title(title, fontsize=8, fontweight="bold")
+        if row == 0:
+            for column in range(1, 1 + len(augmented[row])):
+                axes[row][column].set_title(f"augmented {column}", fontsize=8)
+    figure.suptitle("Training augmentation: each photo beside random augmented versions", fontsize=11)
+    return _save(figure, out_path)
+
+
+def plot_predictions(
+    images: Sequence[np.ndarray],
+    true_names: Sequence[str],
+    predicted_names: Sequence[str],
+    confidences: Sequence[float],
+    out_path: Path,
+    columns: int = 4,
+) -> Path:
+    """A collage of photos, each titled with the predicted name and confidence and the true name below.
+
+    Right predictions get a green title and frame, wrong ones red. A true name of "(no landmark)" is right
+    only when the prediction is "(no landmark)" too.
+    """
+    count = len(images)
+    if not len(true_names) == len(predicted_names) == len(confidences) == count:
+        raise ValueError(
+            f"Expected one true name, predicted name and confidence per image, got {count} images, "
+            f"{len(true_names)} true names, {len(predicted_names)} predicted names and {len(confidences)} confidences."
+        )
+    columns = max(1, min(columns, count))
+    rows = max(1, math.ceil(count / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 3.4 * rows + 0.4), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    right = 0
+    for axis, image, true, predicted, confidence in zip(axes.flat, images, true_names, predicted_names, confidences):
+        correct = str(predicted) == str(true)
+        right += correct
         colour = GREEN if correct else RED
-        axis.imshow(images[i])
+        _show(axis, image)
         axis.axis("on")
         axis.set_xticks([])
         axis.set_yticks([])
         for spine in axis.spines.values():
             spine.set_edgecolor(colour)
-            spine.set_linewidth(4)
-        axis.set_title(f"{'✓' if correct else '✗'} {predicted_names[i]} {confidences[i]:.2f}", color=colour, fontsize=9)
-        axis.set_xlabel(f"true: {true_names[i]}", fontsize=8)
-    right = sum(p == t for p, t in zip(predicted_names, true_names))
-    figure.suptitle(f"Predictions: {right} of {count} right", fontsize=11)
+            spine.set_linewidth(5)
+        mark = "✓" if correct else "✗"
+        axis.set_title(f"{mark} {_short(predicted, 24)} {float(confidence):.2f}", color=colour, fontsize=9,
+                       fontweight="bold")
+        truth = "no landmark" if str(true) == NO_LANDMARK_NAME else _short(true, 26)
+        axis.set_xlabel(f"true: {truth}", fontsize=8)
+    share = f" ({right / count:.0%})" if count else ""
+    figure.suptitle(f"Predictions: {right} of {count} right{share}  (green = right, red = wrong)", fontsize=11)
     return _save(figure, out_path)
 
 
-def plot_confidence_histogram(confidences_landmark: Sequence[float], confidences_non_landmark: Sequence[float],
-                              out_path: Path) -> Path:
-    """Top-1 confidence of queries with and without a known landmark: how well non-landmarks are pushed down."""
-    figure, axis = plt.subplots(figsize=(6.5, 4))
-    bins = np.linspace(0, 1, 26)
-    axis.hist(confidences_landmark, bins=bins, alpha=0.6, label=f"known landmark ({len(confidences_landmark)})", color=GREEN)
-    axis.hist(confidences_non_landmark, bins=bins, alpha=0.6, label=f"no known landmark ({len(confidences_non_landmark)})",
-              color=RED)
-    axis.set_xlabel("confidence of the top prediction")
+def plot_confidence_histogram(
+    confidences_landmark: Sequence[float], confidences_non_landmark: Sequence[float], out_path: Path
+) -> Path:
+    """Overlaid histograms of the top-1 confidence for queries with and without a known landmark.
+
+    The further apart the two, the better non-landmark photos are pushed down below landmark photos.
+    """
+    landmark = np.asarray(confidences_landmark, dtype=np.float64)
+    non_landmark = np.asarray(confidences_non_landmark, dtype=np.float64)
+    figure, axis = plt.subplots(figsize=(7, 4.2))
+    bins = np.linspace(0.0, 1.0, 26)
+    tallest = 0
+    for values, label, colour in ((landmark, "known landmark", GREEN), (non_landmark, "no known landmark", RED)):
+        values = np.clip(values[np.isfinite(values)], 0.0, 1.0)
+        counts, _, _ = axis.hist(values, bins=bins, alpha=0.55, color=colour, edgecolor="white", linewidth=0.5,
+                                 label=f"{label} ({len(values)} queries)")
+        tallest = max(tallest, int(np.max(counts, initial=0)))
+        if len(values):
+            median = float(np.median(values))
+            axis.axvline(median, color=colour, linestyle="--", linewidth=1.2, label=f"median {median:.2f}")
+    axis.set_xlim(0, 1)
+    axis.set_ylim(0, max(1, tallest) * 1.35)  # headroom for the legend
+    axis.set_xlabel("confidence of the top-1 prediction")
     axis.set_ylabel("queries")
-    axis.set_title("Confidence: landmark vs non-landmark queries")
+    axis.set_title("Top-1 confidence: queries with vs without a known landmark")
     axis.grid(alpha=0.3)
-    axis.legend()
+    axis.legend(loc="upper center", ncol=2, fontsize=8.5)
     return _save(figure, out_path)

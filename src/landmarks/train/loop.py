@@ -386,10 +386,15 @@ def train(config: Config, data_dir: Path, run_dir: Path, resume: bool = False) -
             run_dir / "split.csv", index=False
         )
     trainer = Trainer(config, data, run_dir)
+    parameters = f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters"
+    if config.model.architecture == "seed_cnn":
+        from landmarks.models.seed_cnn import keras_parameter_count
+
+        parameters += f" ({keras_parameter_count(trainer.model):,} as Keras counts them, BatchNorm statistics included)"
     log.info(
-        "%s: %d classes, %d/%d/%d train/val/test photos, %s parameters",
+        "%s: %d classes, %d/%d/%d train/val/test photos, %s",
         config.model.architecture, data.num_classes, len(data.indices("train")), len(data.indices("val")),
-        len(data.indices("test")), f"{sum(p.numel() for p in trainer.model.parameters()):,}",
+        len(data.indices("test")), parameters,
     )
     if resume:
         trainer.restore(torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False))
