@@ -141,6 +141,23 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    from landmarks.recognize.recognizer import load_embedder
+    from landmarks.recognize.sharded import embed_shard, merge_shards
+
+    run = _existing_dir(args.run)
+    if args.merge:
+        index = merge_shards([Path(f) for f in args.merge], args.index_type)
+        index.save(run / "index")
+        print(f"merged {len(args.merge)} shards: {len(index)} reference photos in {run / 'index'}")
+        return 0
+    if not args.data or not args.out:
+        raise LandmarksError("landmarks index needs --data and --out to embed a shard, or --merge FILES to merge shards.")
+    embed_shard(load_embedder(run, args.backend), _existing_dir(args.data), args.shard, args.num_shards, Path(args.out))
+    print(f"wrote shard {args.shard} of {args.num_shards} to {args.out}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     from landmarks.config import preset_names
 
@@ -216,6 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-url", help="mirror of https://s3.amazonaws.com/google-landmark")
     p.add_argument("--workers", type=int, default=4, help="shards fetched in parallel")
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("index", help="embed reference photos in shards (one per worker) and merge them into the run's index")
+    p.add_argument("run")
+    p.add_argument("--data", help="photos to embed (train.csv or class folders)")
+    p.add_argument("--shard", type=int, default=0, help="this worker's shard, 0 to N-1")
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--out", help="the shard's .npz file")
+    p.add_argument("--merge", nargs="+", metavar="SHARD.npz", help="merge these shard files into RUN/index")
+    p.add_argument("--index-type", default="auto", choices=("auto", "flat", "ivf", "ivfpq"))
+    p.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"), help=backend_help)
+    p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("presets", help="list the shipped presets")
     p.set_defaults(func=cmd_presets)

@@ -103,6 +103,7 @@ class RecognizeConfig:
     min_confidence: float = 0.3  # below this a prediction is shown as "no known landmark" (GAP still ranks it)
     show_neighbours: int = 5  # nearest reference photos reported with each prediction
     tta_flip: bool = False  # average the embedding of the photo and its mirror image
+    calibrate: bool = True  # after training, choose knn_weight by GAP on the validation split (vs training photos)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -10,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from landmarks.config import Config
+from landmarks.config import Config, dump_config
 from landmarks.data.augment import build_train_transform
 from landmarks.data.catalog import read_catalog
 from landmarks.errors import DataError
@@ -103,45 +104,69 @@ def plot_augmentation_grid(config: Config, data: "PreparedData", out: Path, phot
     plots.plot_augmentations(raw, augmented, out, titles)
 
 
-def build_index(
-    embedder: TorchEmbedder, data: "PreparedData", index_type: str, splits: tuple[str, ...] = ("train", "val")
-) -> EmbeddingIndex:
-    """Embed the reference photos (from the image cache) into a FAISS index."""
-    indices = np.concatenate([data.indices(s) for s in splits])
-    chunks = []
-    for start in progress(range(0, len(indices), 64), desc="indexing", unit="batch"):
-        batch = np.asarray(data.cache.images[indices[start : start + 64]])
-        chunks.append(embedder(batch)[0])
-    embeddings = np.concatenate(chunks)
-    return EmbeddingIndex.build(
-        embeddings,
-        data.frame["id"].to_numpy()[indices].tolist(),
-        data.frame["landmark_id"].to_numpy()[indices],
-        index_type=index_type,
-    )
+def embed_split(embedder: TorchEmbedder, data: "PreparedData", split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(cache positions, embeddings, logits) of a split's photos, from the image cache."""
+    indices = data.indices(split)
+    embeddings, logits = [], []
+    for start in progress(range(0, len(indices), 64), desc=f"embedding {split}", unit="batch"):
+        e, l = embedder(np.asarray(data.cache.images[indices[start : start + 64]]))
+        embeddings.append(e)
+        logits.append(l)
+    if not embeddings:
+        return indices, np.zeros((0, 0), np.float32), np.zeros((0, 0), np.float32)
+    return indices, np.concatenate(embeddings), np.concatenate(logits)
+
+
+def calibrate_knn_weight(recognizer: Recognizer, references: tuple, queries: tuple, data: "PreparedData") -> float:
+    """The kNN/classifier fusion weight with the best GAP for validation photos searched against training photos only."""
+    (ref_positions, ref_embeddings, _), (val_positions, val_embeddings, val_logits) = references, queries
+    landmark_ids = data.frame["landmark_id"].to_numpy()
+    index = EmbeddingIndex.build(ref_embeddings, data.frame["id"].to_numpy()[ref_positions].tolist(),
+                                 landmark_ids[ref_positions], "flat")
+    probe = Recognizer(recognizer.embedder, recognizer.class_landmark_ids, recognizer.names, index,
+                       dataclasses.replace(recognizer.config))
+    true = landmark_ids[val_positions]
+    scores = {}
+    for weight in (0.0, 0.25, 0.5, 0.75, 1.0):
+        probe.config.knn_weight = weight
+        predictions = probe.score(val_embeddings, val_logits)
+        scores[weight] = metrics.global_average_precision(
+            [p.landmark_id for p in predictions], [p.confidence for p in predictions], true)
+    best = max(scores, key=lambda w: (round(scores[w], 4), w))
+    log.info("fusion weight calibrated on %d validation photos: %s -> knn_weight %.2f", len(true),
+             ", ".join(f"{w:.2f}: GAP {g:.3f}" for w, g in scores.items()), best)
+    return best
 
 
 def finish_run(run_dir: Path, config: Config, data: "PreparedData", model: "LandmarkModel") -> dict:
     """After training: the reference index, metrics on the held-out split, curves and a prediction collage."""
     model.eval()
     embedder = TorchEmbedder(model, tta_flip=config.recognize.tta_flip)
-    index = build_index(embedder, data, config.recognize.index_type)
+    splits = {split: embed_split(embedder, data, split) for split in ("train", "val", "test")}
+    references = [splits["train"], splits["val"]] if len(splits["val"][0]) else [splits["train"]]
+    positions = np.concatenate([r[0] for r in references])
+    index = EmbeddingIndex.build(
+        np.concatenate([r[1] for r in references]), data.frame["id"].to_numpy()[positions].tolist(),
+        data.frame["landmark_id"].to_numpy()[positions], index_type=config.recognize.index_type,
+    )
     index.save(run_dir / "index")
     recognizer = Recognizer(embedder, data.landmark_ids, data.names, index, config.recognize, run_dir)
+    if config.recognize.calibrate and len(splits["val"][0]):
+        config.recognize.knn_weight = calibrate_knn_weight(recognizer, splits["train"], splits["val"], data)
+        dump_config(config, run_dir / "config.yaml")
     history = pd.read_csv(run_dir / "history.csv")
     if len(history):
         plots.plot_curves(history, run_dir / "plots" / "curves.png")
-    result: dict = {"split": "held-out test split of the training data", "epochs": int(len(history))}
-    test = data.indices("test")
+    result: dict = {"split": "held-out test split of the training data", "epochs": int(len(history)),
+                    "knn_weight": config.recognize.knn_weight}
+    test, embeddings, logits = splits["test"]
     if len(test):
-        images = np.asarray(data.cache.images[test])
-        embeddings, logits = recognizer.embed(images)
         predictions = recognizer.score(embeddings, logits)
         true = data.frame["landmark_id"].to_numpy()[test]
         result.update(compute_metrics(predictions, true, recognizer, embeddings))
         result["classifier_accuracy"] = float((data.landmark_ids[logits.argmax(1)] == true).mean())
         write_report(run_dir / "evaluation" / "held-out", predictions, true, data.names, result)
-    result["train_minutes"] = float(history["seconds"].sum() / 60)
+    result["train_minutes"] = float(history["seconds"].sum() / 60) if len(history) else 0.0
     has_val_loss = len(history) and history["val_loss"].notna().any()
     result["best_epoch"] = int(history["val_loss"].idxmin() + 1) if has_val_loss else len(history)
     write_json(run_dir / "metrics.json", result)
