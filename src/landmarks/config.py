@@ -103,7 +103,8 @@ class RecognizeConfig:
     min_confidence: float = 0.3  # below this a prediction is shown as "no known landmark" (GAP still ranks it)
     show_neighbours: int = 5  # nearest reference photos reported with each prediction
     tta_flip: bool = False  # average the embedding of the photo and its mirror image
-    calibrate: bool = True  # after training, choose knn_weight by GAP on the validation split (vs training photos)
+    classifier_score: str = "auto"  # auto (cosine for ArcFace heads, else softmax) | cosine | softmax
+    calibrate: bool = False  # after training, choose knn_weight by GAP on the validation split (vs training photos)
 
 
 @dataclass
@@ -235,6 +236,7 @@ def validate(config: Config) -> None:
         "train.scheduler": (config.train.scheduler, ("none", "cosine")),
         "train.monitor": (config.train.monitor, ("val_loss", "val_accuracy")),
         "recognize.index_type": (config.recognize.index_type, ("auto", "flat", "ivf", "ivfpq")),
+        "recognize.classifier_score": (config.recognize.classifier_score, ("auto", "cosine", "softmax")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

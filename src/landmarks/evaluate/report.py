@@ -18,7 +18,7 @@ from landmarks.errors import DataError
 from landmarks.evaluate import metrics, plots
 from landmarks.recognize.embed import TorchEmbedder
 from landmarks.recognize.index import EmbeddingIndex
-from landmarks.recognize.recognizer import NO_LANDMARK, Prediction, Recognizer
+from landmarks.recognize.recognizer import NO_LANDMARK, Prediction, Recognizer, logit_scale_of
 from landmarks.utils import progress, write_json
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def calibrate_knn_weight(recognizer: Recognizer, references: tuple, queries: tup
     index = EmbeddingIndex.build(ref_embeddings, data.frame["id"].to_numpy()[ref_positions].tolist(),
                                  landmark_ids[ref_positions], "flat")
     probe = Recognizer(recognizer.embedder, recognizer.class_landmark_ids, recognizer.names, index,
-                       dataclasses.replace(recognizer.config))
+                       dataclasses.replace(recognizer.config), logit_scale=recognizer.logit_scale)
     true = landmark_ids[val_positions]
     scores = {}
     for weight in (0.0, 0.25, 0.5, 0.75, 1.0):
@@ -150,7 +150,8 @@ def finish_run(run_dir: Path, config: Config, data: "PreparedData", model: "Land
         data.frame["landmark_id"].to_numpy()[positions], index_type=config.recognize.index_type,
     )
     index.save(run_dir / "index")
-    recognizer = Recognizer(embedder, data.landmark_ids, data.names, index, config.recognize, run_dir)
+    recognizer = Recognizer(embedder, data.landmark_ids, data.names, index, config.recognize, run_dir,
+                            logit_scale_of(dataclasses.asdict(config.model)))
     if config.recognize.calibrate and len(splits["val"][0]):
         config.recognize.knn_weight = calibrate_knn_weight(recognizer, splits["train"], splits["val"], data)
         dump_config(config, run_dir / "config.yaml")

@@ -5,6 +5,7 @@ predict, submit, evaluate and the web service all go through it; none re-impleme
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -70,6 +71,7 @@ class Recognizer:
         index: EmbeddingIndex | None,
         config: RecognizeConfig,
         run_dir: Path | None = None,
+        logit_scale: float | None = None,
     ):
         self.embedder = embedder
         self.class_landmark_ids = np.asarray(class_landmark_ids, dtype=np.int64)
@@ -78,6 +80,7 @@ class Recognizer:
         self.index = index
         self.config = config
         self.run_dir = run_dir
+        self.logit_scale = logit_scale  # ArcFace heads: logits are scale * cosine to the class centres
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
@@ -102,8 +105,8 @@ class Recognizer:
         labels = pd.read_csv(run_dir / "labels.csv")
         names = {int(l): str(n) for l, n in zip(labels["landmark_id"], labels["name"])}
         index = EmbeddingIndex.load(run_dir / "index") if (run_dir / "index" / "index.faiss").exists() else None
-        recognizer = cls(embedder, labels["landmark_id"].to_numpy(), names, index, config, run_dir)
-        return recognizer
+        model_config = json.loads((run_dir / "model.json").read_text()).get("config", {})
+        return cls(embedder, labels["landmark_id"].to_numpy(), names, index, config, run_dir, logit_scale_of(model_config))
 
     @property
     def input_size_px(self) -> int:
@@ -153,17 +156,27 @@ class Recognizer:
         similarities, positions = self.index.search(embeddings, k)
         return similarities, positions, self.index.landmark_ids_at(positions)
 
+    def classifier_scores(self, logits: np.ndarray) -> np.ndarray:
+        """Per-class scores in [0, 1]: the cosine to the class centre for ArcFace heads (it drops for photos unlike
+        any training photo, which a softmax hides), the softmax probability otherwise."""
+        if not logits.size:
+            return np.zeros((len(logits), 0), np.float32)
+        mode = self.config.classifier_score
+        if mode == "cosine" or (mode == "auto" and self.logit_scale):
+            return np.clip(logits / (self.logit_scale or 1.0), 0.0, 1.0)
+        return softmax(logits)
+
     def score(self, embeddings: np.ndarray, logits: np.ndarray) -> list[Prediction]:
         """Fuse kNN similarities and classifier probabilities into one prediction per photo.
 
         For each candidate landmark: knn = highest cosine similarity among the k nearest reference photos of
-        that landmark (0 if none), classifier = softmax probability (for landmarks enrolled after training,
+        that landmark (0 if none), classifier = ``classifier_scores`` (for landmarks enrolled after training,
         which the classifier does not know, the knn score stands in). fused = w * knn + (1 - w) * classifier.
         Reference photos known to show no landmark (landmark id -1) pull the confidence down by how much
         closer they are than the best landmark's photo.
         """
         cfg = self.config
-        probabilities = softmax(logits) if logits.size else np.zeros((len(embeddings), 0), np.float32)
+        probabilities = self.classifier_scores(logits)
         weight = cfg.knn_weight if self.index is not None and len(self.index) else 0.0
         similarities, positions, neighbour_labels = self.search(embeddings, max(cfg.knn_k, cfg.show_neighbours))
         results: list[Prediction] = []
@@ -203,6 +216,13 @@ class Recognizer:
                 )
             )
         return results
+
+
+def logit_scale_of(model_config: dict) -> float | None:
+    """The ArcFace scale of a model's logits, or None for a softmax head."""
+    if model_config.get("architecture") == "glr" or model_config.get("head") == "arcface":
+        return float(model_config.get("arcface_scale", 30.0))
+    return None
 
 
 def load_embedder(run_dir: Path, backend: str = "auto", tta_flip: bool = False) -> Embedder:
