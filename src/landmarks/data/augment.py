@@ -14,7 +14,12 @@ from landmarks.data.images import ImageCache
 
 
 def build_train_transform(cfg: AugmentConfig, size_px: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """uint8 CHW -> augmented uint8 CHW of the same size; each part only when configured."""
+    """uint8 CHW (size_px square) -> augmented uint8 CHW of the same size; each part only when configured.
+
+    Order: random resized crop, flips, one affine (rotation, translation, zoom), brightness/contrast.
+    ``cfg.fill`` says what the affine uncovers: ``black`` (zeros) or ``reflect`` (the photo mirrored,
+    Keras' default, done by reflect-padding by half the size, the affine, and a centre crop).
+    """
     steps: list[torch.nn.Module] = []
     if cfg.enabled:
         if cfg.crop_scale_min < 1:
@@ -28,10 +33,11 @@ def build_train_transform(cfg: AugmentConfig, size_px: int) -> Callable[[torch.T
                 degrees=cfg.rotation_deg,
                 translate=(cfg.translate, cfg.translate) if cfg.translate else None,
                 scale=(1 - cfg.zoom, 1 + cfg.zoom) if cfg.zoom else None,
+                interpolation=v2.InterpolationMode.BILINEAR,
+                fill=0,
             )
-            if cfg.fill == "reflect":  # Keras' default fill_mode: mirror the photo into the uncovered corners
-                pad = size_px // 2
-                steps += [v2.Pad(pad, padding_mode="reflect"), affine, v2.CenterCrop(size_px)]
+            if cfg.fill == "reflect":
+                steps += [v2.Pad(size_px // 2, padding_mode="reflect"), affine, v2.CenterCrop(size_px)]
             else:
                 steps.append(affine)
         if cfg.brightness or cfg.contrast:
@@ -40,39 +46,49 @@ def build_train_transform(cfg: AugmentConfig, size_px: int) -> Callable[[torch.T
 
 
 class CachedImageDataset(Dataset):
-    """Photos from the image cache as float CHW in [0, 1] (after the transform) with their class index."""
+    """Photos from the image cache as float32 CHW in [0, 1] (after the transform) with their class index."""
 
-    def __init__(self, cache: ImageCache, indices: np.ndarray, labels: np.ndarray,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
-        self.cache = cache
-        self.indices = np.asarray(indices)
-        self.labels = np.asarray(labels)
+    def __init__(
+        self,
+        cache: ImageCache,
+        indices: np.ndarray,
+        labels: np.ndarray,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        self.cache = cache  # pickles without its memory map; each DataLoader worker reopens it on first read
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if len(self.indices) != len(self.labels):
+            raise ValueError(f"{len(self.indices)} indices but {len(self.labels)} labels")
         self.transform = transform
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, item: int) -> tuple[torch.Tensor, int]:
-        image = torch.from_numpy(np.array(self.cache.images[self.indices[item]])).permute(2, 0, 1)
+        pixels = np.array(self.cache.images[self.indices[item]])  # a copy out of the read-only memory map
+        image = torch.from_numpy(pixels).permute(2, 0, 1)
         if self.transform is not None:
             image = self.transform(image)
         return image.float().div_(255.0), int(self.labels[item])
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> torch.Tensor:
-    """'Balanced' loss weights n / (K * count_c); classes without photos get 0."""
-    counts = np.bincount(np.asarray(labels), minlength=num_classes).astype(np.float64)
+    """sklearn's 'balanced' loss weights n / (K * count_c), K = classes present; classes without photos get 0."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes)[:num_classes].astype(np.float64)
     present = counts > 0
     weights = np.zeros(num_classes)
-    weights[present] = len(labels) / (present.sum() * counts[present])
+    weights[present] = counts.sum() / (present.sum() * counts[present])
     return torch.tensor(weights, dtype=torch.float32)
 
 
 def class_balanced_sampler(labels: np.ndarray, num_samples: int | None = None, seed: int = 42) -> WeightedRandomSampler:
-    """Oversampling: every class is drawn equally often (photos with replacement)."""
-    labels = np.asarray(labels)
+    """Oversampling: every class is drawn equally often (photos with replacement), ``num_samples`` per epoch
+    (default: as many as there are photos)."""
+    labels = np.asarray(labels, dtype=np.int64)
     counts = np.bincount(labels)
     weights = 1.0 / counts[labels]
     generator = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(torch.as_tensor(weights, dtype=torch.double), num_samples or len(labels),
-                                 replacement=True, generator=generator)
+    return WeightedRandomSampler(
+        torch.as_tensor(weights, dtype=torch.double), num_samples or len(labels), replacement=True, generator=generator
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,25 +14,28 @@ from landmarks.errors import DataError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+NO_LANDMARK = -1
 
 
 @dataclass
 class Catalog:
-    """Photos with their landmark: ``frame`` has columns id, path (absolute), landmark_id (-1 = no landmark)."""
+    """Photos with their landmark: ``frame`` has columns id, path (absolute), landmark_id (int64, -1 = none/unknown)."""
 
     frame: pd.DataFrame
     names: dict[int, str] = field(default_factory=dict)
     root: Path = Path(".")
 
     def name_of(self, landmark_id: int) -> str:
-        return self.names.get(int(landmark_id), str(landmark_id))
+        """The landmark's name from landmarks.csv (or its folder), else the id as text."""
+        return self.names.get(int(landmark_id)) or str(int(landmark_id))
 
 
 def _read_csv(path: Path, required: tuple[str, ...], dtypes: dict[str, object]) -> pd.DataFrame:
+    """Read the columns of ``dtypes`` that the file has (``required`` must be there), fast and typed."""
     try:
         header = pd.read_csv(path, nrows=0).columns.tolist()
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, OSError) as error:
         raise DataError(f"{path} is not a readable CSV file ({error}).") from None
     missing = [c for c in required if c not in header]
     if missing:
@@ -41,95 +45,151 @@ def _read_csv(path: Path, required: tuple[str, ...], dtypes: dict[str, object]) 
         )
     usecols = [c for c in header if c in dtypes]
     try:
-        return pd.read_csv(path, usecols=usecols, dtype={c: dtypes[c] for c in usecols}, keep_default_na=False,
-                           engine="c")
-    except (ValueError, pd.errors.ParserError) as error:
-        raise DataError(f"{path} has a malformed row or a non-integer landmark_id ({error}).") from None
+        frame = pd.read_csv(
+            path, usecols=usecols, dtype={c: dtypes[c] for c in usecols}, keep_default_na=False, engine="c"
+        )
+    except (ValueError, TypeError, OverflowError) as error:
+        raise DataError(f"{path} has a non-integer landmark_id or a malformed row ({error}).") from None
+    except pd.errors.ParserError as error:
+        raise DataError(f"{path} has a malformed row ({error}).") from None
+    return frame
 
 
-def _gldv2_paths(root: Path, split: str, ids: pd.Series) -> pd.Series:
-    """``root/split/a/b/c/<id>.jpg``, built column-wise (fast on millions of rows)."""
-    base = str(root.resolve() / split) + "/"
-    return base + ids.str[0] + "/" + ids.str[1] + "/" + ids.str[2] + "/" + ids + ".jpg"
+def _gldv2_paths(root: Path, split: str, ids: pd.Series) -> list[str]:
+    """``root/split/a/b/c/<id>.jpg`` for every id.
+
+    A list comprehension over the ids is ~10x faster here than pandas' ``.str`` arithmetic on a
+    python-backed string column (0.6 s against 6.8 s for 4.1M ids, benchmarks/bench_catalog.py).
+    """
+    base = f"{root.resolve() / split}/"
+    try:
+        return [f"{base}{i[0]}/{i[1]}/{i[2]}/{i}.jpg" for i in ids.to_numpy(dtype=object)]
+    except IndexError:
+        short = next(i for i in ids.to_numpy(dtype=object) if len(i) < 3)
+        raise DataError(
+            f"{root / (split + '.csv')} has the id {short!r}, too short for the {split}/a/b/c/<id>.jpg layout "
+            f"(give a path column instead)."
+        ) from None
+
+
+def _given_paths(root: Path, paths: pd.Series) -> list[str]:
+    """A ``path`` column: absolute paths stay, relative ones are taken from ``root``."""
+    base = f"{root.resolve()}{os.sep}"
+    return [p if os.path.isabs(p) else base + p for p in paths.to_numpy(dtype=object)]
 
 
 def _read_names(root: Path) -> dict[int, str]:
     path = root / "landmarks.csv"
-    if not path.exists():
+    if not path.is_file():
         return {}
     frame = _read_csv(path, ("landmark_id", "name"), {"landmark_id": "int64", "name": str})
     return dict(zip(frame["landmark_id"].tolist(), frame["name"].tolist()))
 
 
-def _read_gldv2(root: Path, split: str) -> Catalog:
-    names = _read_names(root)
-    if split == "train":
-        frame = _read_csv(root / "train.csv", ("id", "landmark_id"), {"id": str, "landmark_id": "int64", "path": str})
-    else:
-        csv = root / f"{split}.csv"
-        if not csv.exists():
-            raise DataError(f"{root} has no {split}.csv.")
-        frame = _read_csv(csv, ("id",), {"id": str, "path": str})
-        frame["landmark_id"] = _read_solution(root, frame["id"])
-    if "path" in frame.columns:
-        paths = frame["path"]
-        relative = ~paths.str.startswith("/")
-        paths = paths.where(~relative, str(root.resolve()) + "/" + paths)
-    else:
-        paths = _gldv2_paths(root, split, frame["id"])
-    frame = pd.DataFrame({"id": frame["id"], "path": paths, "landmark_id": frame["landmark_id"].astype(np.int64)})
-    if frame.empty:
-        raise DataError(f"{root / (split + '.csv')} lists no photos.")
-    return Catalog(frame, names, root)
-
-
-def _read_solution(root: Path, ids: pd.Series) -> np.ndarray:
-    """Ground truth from ``*_solution.csv`` (first landmark id of each row; empty = -1); all -1 without one."""
-    solutions = sorted(root.glob("*_solution.csv"))
-    truth = np.full(len(ids), -1, dtype=np.int64)
+def _read_solution(root: Path, split: str, ids: pd.Series) -> np.ndarray:
+    """Ground truth of a test split from ``*_solution.csv``: the first landmark id of a row, -1 when empty or absent."""
+    truth = np.full(len(ids), NO_LANDMARK, dtype=np.int64)
+    preferred = root / f"{split}_solution.csv"
+    solutions = [preferred] if preferred.is_file() else sorted(root.glob("*_solution.csv"))
     if not solutions:
+        log.info("%s has no *_solution.csv: every %s photo's landmark is unknown (-1)", root, split)
         return truth
-    solution = _read_csv(solutions[0], ("id", "landmarks"), {"id": str, "landmarks": str})
-    first = solution["landmarks"].str.strip().str.split(" ").str[0]
-    values = pd.to_numeric(first.where(first != "", None), errors="coerce").fillna(-1).astype(np.int64)
-    lookup = pd.Series(values.to_numpy(), index=solution["id"])
-    return ids.map(lookup).fillna(-1).astype(np.int64).to_numpy()
+    path = solutions[0]
+    solution = _read_csv(path, ("id", "landmarks"), {"id": str, "landmarks": str})
+    first = pd.Series([s.strip().split(" ", 1)[0] for s in solution["landmarks"].to_numpy(dtype=object)], dtype=object)
+    try:
+        values = pd.to_numeric(first.replace("", str(NO_LANDMARK)), errors="raise").astype(np.int64)
+    except (ValueError, TypeError):
+        raise DataError(f"{path} has a non-integer landmark id in its landmarks column.") from None
+    lookup = pd.Series(values.to_numpy(), index=solution["id"].to_numpy(dtype=object))
+    lookup = lookup[~lookup.index.duplicated()]
+    return ids.map(lookup).fillna(NO_LANDMARK).astype(np.int64).to_numpy()
+
+
+def _read_gldv2(root: Path, split: str) -> Catalog:
+    csv = root / f"{split}.csv"
+    if not csv.is_file():
+        raise DataError(f"{root} has no {split}.csv for the {split} split.")
+    if split == "train":
+        frame = _read_csv(csv, ("id", "landmark_id"), {"id": str, "landmark_id": "int64", "path": str})
+    else:
+        frame = _read_csv(csv, ("id",), {"id": str, "landmark_id": "int64", "path": str})
+        if "landmark_id" not in frame.columns:
+            frame["landmark_id"] = _read_solution(root, split, frame["id"])
+    if frame.empty:
+        raise DataError(f"{csv} lists no photos.")
+    paths = _given_paths(root, frame["path"]) if "path" in frame.columns else _gldv2_paths(root, split, frame["id"])
+    catalog_frame = pd.DataFrame(
+        {"id": frame["id"], "path": pd.Series(paths, dtype=frame["id"].dtype), "landmark_id": frame["landmark_id"].astype(np.int64)}
+    )
+    return Catalog(catalog_frame, _read_names(root), root)
+
+
+def _unique_ids(stems: list[str]) -> list[str]:
+    """File stems, with ``-2``, ``-3`` ... appended to the second, third ... photo of the same stem."""
+    seen: dict[str, int] = {}
+    unique = []
+    for stem in stems:
+        count = seen.get(stem, 0) + 1
+        seen[stem] = count
+        unique.append(stem if count == 1 else f"{stem}-{count}")
+    return unique
 
 
 def _read_folders(root: Path, split: str) -> Catalog:
     if split != "train":
-        raise DataError(f"{root} is a folder of class folders, which has only training photos (no {split}.csv).")
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    rows = []
-    for landmark_id, folder in enumerate(classes):
-        for path in sorted(folder.rglob("*")):
-            if path.suffix.lower() in IMAGE_SUFFIXES and path.is_file():
-                rows.append((f"{folder.name}/{path.relative_to(folder).with_suffix('')}", str(path.resolve()), landmark_id))
-    if not rows:
-        raise DataError(f"{root} has neither a train.csv nor class folders with photos (DIR/<landmark name>/*.jpg).")
-    frame = pd.DataFrame(rows, columns=["id", "path", "landmark_id"]).astype({"landmark_id": np.int64})
-    return Catalog(frame, {i: folder.name for i, folder in enumerate(classes)}, root)
+        raise DataError(f"{root} is a folder of class folders, which has only a train split (asked for {split!r}).")
+    photos: list[tuple[str, list[Path]]] = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if files:
+            photos.append((folder.name, files))
+    if not photos:
+        raise DataError(
+            f"{root} has neither a train.csv nor class folders with photos "
+            f"(DIR/<landmark name>/*.jpg, .jpeg, .png or .webp)."
+        )
+    paths = [str(p.resolve()) for _, files in photos for p in files]
+    stems = [p.stem for _, files in photos for p in files]
+    landmark_ids = np.repeat(np.arange(len(photos), dtype=np.int64), [len(files) for _, files in photos])
+    frame = pd.DataFrame({"id": pd.Series(_unique_ids(stems), dtype=str), "path": pd.Series(paths, dtype=str),
+                          "landmark_id": landmark_ids})
+    return Catalog(frame, {i: name for i, (name, _) in enumerate(photos)}, root)
 
 
 def read_catalog(data_dir: str | Path, split: str = "train") -> Catalog:
-    """The photos of a split: GLDv2/Kaggle layout when ``train.csv`` exists, class folders otherwise."""
-    root = Path(data_dir)
+    """The photos of a split: GLDv2/Kaggle layout when ``train.csv`` exists, class folders otherwise.
+
+    Images are not opened here (too slow for millions); a missing or broken image is reported when decoded.
+    """
+    root = Path(data_dir).expanduser()
     if not root.exists():
         raise DataError(f"Folder {root} does not exist.")
     if not root.is_dir():
         raise DataError(f"{root} is not a folder.")
-    if (root / "train.csv").exists() or (split != "train" and (root / f"{split}.csv").exists()):
-        return _read_gldv2(root, split)
-    return _read_folders(root, split)
+    if (root / "train.csv").is_file() or (split != "train" and (root / f"{split}.csv").is_file()):
+        catalog = _read_gldv2(root, split)
+    else:
+        catalog = _read_folders(root, split)
+    log.info("read %d %s photos of %d landmarks from %s", len(catalog.frame), split,
+             catalog.frame["landmark_id"][catalog.frame["landmark_id"] >= 0].nunique(), root)
+    return catalog
 
 
-def write_catalog(frame: pd.DataFrame, names: dict[int, str], out_dir: str | Path) -> Path:
-    """A dataset that ``read_catalog`` reads back: train.csv with absolute paths (no image copied) and landmarks.csv."""
+def write_catalog(catalog_frame: pd.DataFrame, names: dict[int, str], out_dir: str | Path) -> Path:
+    """A dataset that ``read_catalog`` reads back: train.csv (id,landmark_id,path; absolute paths, no image copied)
+    and landmarks.csv (landmark_id,name)."""
+    missing = [c for c in ("id", "landmark_id", "path") if c not in catalog_frame.columns]
+    if missing:
+        raise DataError(f"Cannot write a catalog without the columns {','.join(missing)}.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    frame[["id", "landmark_id", "path"]].to_csv(out / "train.csv", index=False)
-    ids = sorted(frame["landmark_id"].unique())
-    pd.DataFrame({"landmark_id": ids, "name": [names.get(int(i), str(i)) for i in ids]}).to_csv(
-        out / "landmarks.csv", index=False
-    )
+    frame = catalog_frame[["id", "landmark_id", "path"]].copy()
+    frame["path"] = [p if os.path.isabs(p) else os.path.abspath(p) for p in frame["path"].to_numpy(dtype=object)]
+    ids = sorted(int(i) for i in frame["landmark_id"].unique() if i >= 0)
+    landmarks = pd.DataFrame({"landmark_id": ids, "name": [names.get(i) or str(i) for i in ids]})
+    for name, table in (("train.csv", frame), ("landmarks.csv", landmarks)):
+        tmp = out / f".{name}.tmp-{os.getpid()}"
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, out / name)
     return out
