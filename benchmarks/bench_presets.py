@@ -24,6 +24,8 @@ from landmarks.evaluate.report import evaluate_run  # noqa: E402
 from landmarks.train.loop import train  # noqa: E402
 
 DEFAULT_PRESETS = ["baseline-knn", "seed-cnn-faithful", "seed-cnn", "glr"]
+ORDER = ["baseline-knn", "seed-cnn-faithful", "seed-cnn", "seed-resnet152", "glr"]
+STORE = Path(__file__).parent / "presets_results.json"  # one row per preset, so presets can be measured one at a time
 
 
 def main() -> None:
@@ -39,7 +41,7 @@ def main() -> None:
     for preset, *items in args.override:
         overrides.setdefault(preset, []).extend(items)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-presets-"))
-    rows = []
+    stored = json.loads(STORE.read_text()) if STORE.exists() else {}
     for preset in args.presets:
         run_dir = root / preset
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -55,24 +57,31 @@ def main() -> None:
         frame = pd.read_csv(run_dir / "history.csv")
         seconds_per_epoch = float(frame["seconds"].mean()) if len(frame) else 0.0
         images_per_second = float(frame["images_per_second"].mean()) if len(frame) else 0.0
-        rows.append(
-            f"| `{preset}`{' ' + ' '.join(overrides.get(preset, [])) if overrides.get(preset) else ''} | {history} | "
-            f"{held_out.get('train_minutes', 0):.1f} | {wall_minutes:.1f} | {seconds_per_epoch:.1f} | {images_per_second:.0f} | "
-            f"{result['accuracy']:.3f} | {result['top5_accuracy']:.3f} | {result['gap']:.3f} | {result.get('map_at_100', float('nan')):.3f} |"
+        label = f"`{preset}`" + (" " + " ".join(overrides.get(preset, [])) if overrides.get(preset) else "")
+        stored[preset] = (
+            f"| {label} | {history} | {held_out.get('train_minutes', 0):.1f} | {wall_minutes:.1f} | {seconds_per_epoch:.1f} | "
+            f"{images_per_second:.0f} | {result['accuracy']:.3f} | {result['top5_accuracy']:.3f} | {result['gap']:.3f} | "
+            f"{result.get('map_at_100', float('nan')):.3f} | {held_out.get('accuracy', float('nan')):.3f} / "
+            f"{held_out.get('gap', float('nan')):.3f} | {time.strftime('%Y-%m-%d %H:%M')} |"
         )
-        print(rows[-1], flush=True)
+        print(stored[preset], flush=True)
+        if args.write:
+            STORE.write_text(json.dumps(stored, indent=1))
+    rows = [stored[p] for p in ORDER if p in stored] + [v for p, v in stored.items() if p not in ORDER]
     table = "\n".join(
         [
-            "| preset | epochs | training min | wall min (incl. caching, indexing, held-out eval) | s/epoch | train img/s | accuracy | top-5 | GAP | mAP@100 |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| preset | epochs | training min | wall min (train command) | s/epoch | train img/s | accuracy | top-5 | GAP | mAP@100 | held-out split acc / GAP | measured |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
             *rows,
         ]
     )
     print(table)
     if args.write:
         body = (
-            "Each preset trained on landmarks-mini's train.csv (its own train/val split) and evaluated on its test set "
-            "(187 queries, 88 of them showing no known landmark) through `landmarks evaluate`.\n\n"
+            "Each preset trained on landmarks-mini's train.csv (its own train/val/held-out split) and evaluated on its "
+            "test set (187 queries, 88 of them showing no known landmark) through `landmarks evaluate`; the held-out "
+            "column is the preset's own held-out split of train.csv (landmark photos only). Rows are kept per preset "
+            "in `benchmarks/presets_results.json`, so the table can be refreshed one preset at a time.\n\n"
             f"```\nLANDMARKS_DATA=../shared/data/landmarks-mini .venv/bin/python benchmarks/bench_presets.py --write "
             f"--presets {' '.join(args.presets)}"
             + "".join(f" --override {p} {' '.join(v)}" for p, v in overrides.items())
