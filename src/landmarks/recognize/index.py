@@ -1,4 +1,21 @@
-"""A FAISS index over L2-normalised embeddings (inner product = cosine), with image and landmark ids."""
+"""A FAISS index over L2-normalised float32 embeddings (inner product = cosine similarity), with image and landmark ids.
+
+Index types (``index_type``):
+
+- ``flat``: exact search (``IndexFlatIP``); every query scans every reference.
+- ``ivf``: ``IndexIVFFlat`` with ``METRIC_INNER_PRODUCT``: references are grouped into ``nlist`` k-means cells and a
+  query scans the ``nprobe`` cells nearest to it. Vectors are stored uncompressed (4 bytes x dim each).
+- ``ivfpq``: ``IndexIVFPQ`` (each vector compressed to ``pq_m`` bytes) wrapped in ``IndexRefineFlat``: the PQ
+  scan gives a shortlist of ``REFINE_K_FACTOR * k`` candidates which are re-ranked by their exact inner product,
+  so similarities are exact and the top-1 matches exact search as often as the shortlist holds it.
+- ``auto``: ``flat`` below ``FLAT_BELOW`` references (exact and fast enough: ~1 ms/query at 100k on 2 cores),
+  ``ivf`` below ``IVFPQ_FROM``, ``ivfpq`` from there on (its PQ scan is cheaper than IVF-flat's at equal recall on
+  millions; see benchmarks/bench_index.py and the "Million-scale kNN" section of benchmarks/RESULTS.md for the
+  measurements behind these numbers and the default ``nlist``/``nprobe``).
+
+Approximate indexes are trained on a random sample of the references (seed 0), so a build is reproducible;
+FAISS' multi-threaded search is bit-exact across runs for the same thread count.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +23,7 @@ import json
 import logging
 import math
 import os
+import tempfile
 import threading
 from pathlib import Path
 from typing import Sequence
@@ -18,128 +36,314 @@ from landmarks.errors import DataError
 
 log = logging.getLogger(__name__)
 
+INDEX_TYPES = ("auto", "flat", "ivf", "ivfpq")
 FLAT_BELOW = 100_000  # auto: exact search below this many references
-IVFPQ_FROM = 5_000_000  # auto: compressed IVF-PQ from this many references
+IVFPQ_FROM = 2_000_000  # auto: IVF-PQ (+ exact re-ranking) from this many references
+MAX_NLIST = 65_536
+MIN_POINTS_PER_CELL = 39  # FAISS' k-means wants at least this many training points per centroid
+TRAIN_POINTS_PER_CELL = 32  # training sample: this many points per IVF cell (at least MIN_POINTS_PER_CELL * nlist)
+KMEANS_ITERATIONS = 10
+REFINE_K_FACTOR = 4  # ivfpq: candidates re-ranked exactly = k_factor * k
+PADDING_SIMILARITY = -np.inf  # similarity reported where fewer than k references were found (position -1)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def default_nlist(count: int) -> int:
+    """IVF cells: ~4 sqrt(n), at most ``MAX_NLIST`` and at most n / 39 (enough training points per cell)."""
+    nlist = int(round(4 * math.sqrt(max(count, 1))))
+    return int(max(1, min(nlist, MAX_NLIST, count // MIN_POINTS_PER_CELL)))
+
+
+def default_nprobe(nlist: int) -> int:
+    """Cells scanned per query: recall@1 >= 0.95 against exact search on clustered data (benchmarks/bench_index.py)."""
+    return int(min(nlist, max(8, nlist // 64)))
+
+
+def default_pq_m(dim: int) -> int:
+    """PQ sub-quantizers: one byte per 8 dimensions (64 for 512-d), a divisor of ``dim``."""
+    for m in range(max(1, dim // 8), 0, -1):
+        if dim % m == 0:
+            return m
+    return 1  # pragma: no cover - range always reaches 1
 
 
 def brute_force_search(references: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k in NumPy (ground truth for the approximate indexes)."""
-    scores = queries @ references.T
-    k = min(k, scores.shape[1])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-    positions = np.take_along_axis(top, order, axis=1)
-    return np.take_along_axis(scores, positions, axis=1).astype(np.float32), positions.astype(np.int64)
+    """Exact inner-product top-k in NumPy: (similarities (N, k) float32, positions (N, k) int64), -1 padded.
+
+    Ties are broken by the lower position. Ground truth for the approximate indexes (tests, benchmarks)."""
+    references = np.asarray(references, dtype=np.float32)
+    queries = np.asarray(queries, dtype=np.float32)
+    similarities = np.full((len(queries), k), PADDING_SIMILARITY, dtype=np.float32)
+    positions = np.full((len(queries), k), -1, dtype=np.int64)
+    found = min(k, len(references))
+    if found == 0 or len(queries) == 0:
+        return similarities, positions
+    batch = max(1, 2**26 // max(1, len(references)))  # ~256 MB of scores at a time
+    for start in range(0, len(queries), batch):
+        scores = queries[start : start + batch] @ references.T
+        top = np.argpartition(-scores, found - 1, axis=1)[:, :found] if found < scores.shape[1] else (
+            np.broadcast_to(np.arange(scores.shape[1]), scores.shape).copy())
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.lexsort((top, -top_scores), axis=1)
+        rows = slice(start, start + len(scores))
+        positions[rows, :found] = np.take_along_axis(top, order, axis=1)
+        similarities[rows, :found] = np.take_along_axis(top_scores, order, axis=1)
+    return similarities, positions
 
 
-def _as_matrix(embeddings: np.ndarray) -> np.ndarray:
-    matrix = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
+def _as_matrix(embeddings: np.ndarray, name: str = "embeddings", dim: int | None = None) -> np.ndarray:
+    """A C-contiguous float32 (count, dim) copy-if-needed of ``embeddings``; ValueError when that is impossible."""
+    try:
+        matrix = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be convertible to a float32 array ({error})") from None
     if matrix.ndim != 2:
-        raise ValueError(f"embeddings must be a 2-D array (count, dim), got shape {matrix.shape}")
+        raise ValueError(f"{name} must be a 2-D array (count, dim), got shape {matrix.shape}")
+    if matrix.shape[1] == 0:
+        raise ValueError(f"{name} must have at least one dimension, got shape {matrix.shape}")
+    if dim is not None and matrix.shape[1] != dim:
+        raise ValueError(f"{name} have {matrix.shape[1]} dimensions but the index holds {dim}-d vectors")
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"{name} contain NaN or infinite values")
     return matrix
 
 
-class EmbeddingIndex:
-    """References searchable by cosine similarity; exact (flat) or approximate (IVF, IVF-PQ) by size or by choice."""
+def _check_lengths(vectors: np.ndarray, image_ids: Sequence[str], landmark_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    labels = np.asarray(landmark_ids)
+    if labels.ndim != 1:
+        raise ValueError(f"landmark_ids must be 1-D, got shape {labels.shape}")
+    if len(vectors) != len(image_ids) or len(vectors) != len(labels):
+        raise ValueError(
+            f"{len(vectors)} embeddings but {len(image_ids)} image ids and {len(labels)} landmark ids; they must match"
+        )
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"landmark_ids must be integers, got dtype {labels.dtype}")
+    return labels.astype(np.int64)
 
-    def __init__(self, index: faiss.Index, image_ids: list[str], landmark_ids: np.ndarray, index_type: str):
+
+def _warn_if_not_unit(vectors: np.ndarray) -> None:
+    sample = vectors[:: max(1, len(vectors) // 1000)]
+    if len(sample) and not np.allclose(np.linalg.norm(sample, axis=1), 1.0, atol=1e-2):
+        log.warning("embeddings are not L2-normalised: inner products are not cosine similarities")
+
+
+class EmbeddingIndex:
+    """References searchable by cosine similarity; exact (flat) or approximate (IVF, IVF-PQ) by size or by choice.
+
+    ``search``, ``add`` and ``save`` hold one re-entrant lock, so a served index can enrol new references while
+    it answers queries."""
+
+    def __init__(self, index: faiss.Index, image_ids: Sequence[str], landmark_ids: np.ndarray, index_type: str):
+        if index.ntotal != len(image_ids) or index.ntotal != len(landmark_ids):
+            raise ValueError(f"index holds {index.ntotal} vectors but {len(image_ids)} image ids / {len(landmark_ids)} landmark ids")
         self.index = index
-        self.image_ids = list(image_ids)
+        self.image_ids = [str(i) for i in image_ids]
         self.landmark_ids = np.asarray(landmark_ids, dtype=np.int64)
         self.index_type = index_type
         self.lock = threading.RLock()
         self._counts: dict[int, int] | None = None
+        faiss.omp_set_num_threads(available_cores())
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
+
+    def __repr__(self) -> str:
+        extra = f", nlist={self.nlist}, nprobe={self.nprobe}" if self.nlist else ""
+        return f"EmbeddingIndex(type={self.index_type}, count={len(self)}, dim={self.dim}{extra})"
 
     @property
     def dim(self) -> int:
         return int(self.index.d)
 
+    @property
+    def nlist(self) -> int | None:
+        """IVF cells (None for a flat index)."""
+        ivf = self._ivf()
+        return int(ivf.nlist) if ivf is not None else None
+
+    @property
+    def nprobe(self) -> int | None:
+        """IVF cells scanned per query (None for a flat index); settable to trade speed for recall."""
+        ivf = self._ivf()
+        return int(ivf.nprobe) if ivf is not None else None
+
+    @nprobe.setter
+    def nprobe(self, value: int) -> None:
+        ivf = self._ivf()
+        if ivf is None:
+            raise ValueError("a flat index has no nprobe")
+        if not 1 <= int(value):
+            raise ValueError(f"nprobe must be at least 1, got {value}")
+        with self.lock:
+            ivf.nprobe = int(min(int(value), ivf.nlist))
+
+    def _ivf(self) -> faiss.IndexIVF | None:
+        try:
+            return faiss.extract_index_ivf(self.index)
+        except RuntimeError:
+            return None
+
     @staticmethod
     def choose_type(count: int) -> str:
+        """The index type ``auto`` picks for ``count`` references."""
         if count < FLAT_BELOW:
             return "flat"
         return "ivf" if count < IVFPQ_FROM else "ivfpq"
 
     @classmethod
-    def build(cls, embeddings: np.ndarray, image_ids: Sequence[str], landmark_ids: np.ndarray, index_type: str = "auto",
-              nlist: int | None = None, nprobe: int | None = None, pq_m: int | None = None) -> "EmbeddingIndex":
+    def build(
+        cls,
+        embeddings: np.ndarray,
+        image_ids: Sequence[str],
+        landmark_ids: np.ndarray,
+        index_type: str = "auto",
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        pq_m: int | None = None,
+    ) -> "EmbeddingIndex":
+        """An index over ``embeddings`` (count, dim), L2-normalised float32, with each row's image and landmark id."""
         vectors = _as_matrix(embeddings)
-        if len(vectors) != len(image_ids) or len(vectors) != len(landmark_ids):
-            raise ValueError(f"{len(vectors)} embeddings but {len(image_ids)} image ids and {len(landmark_ids)} landmark ids")
-        faiss.omp_set_num_threads(os.cpu_count() or 1)
-        kind = cls.choose_type(len(vectors)) if index_type == "auto" else index_type
-        dim = vectors.shape[1]
+        labels = _check_lengths(vectors, image_ids, landmark_ids)
+        if index_type not in INDEX_TYPES:
+            raise ValueError(f"index_type {index_type!r} is not one of {', '.join(INDEX_TYPES)}")
+        _warn_if_not_unit(vectors)
+        faiss.omp_set_num_threads(available_cores())
+        count, dim = vectors.shape
+        kind = cls.choose_type(count) if index_type == "auto" else index_type
+        if kind != "flat" and count < MIN_POINTS_PER_CELL:
+            log.info("%d references are too few to train an %s index; using exact search", count, kind)
+            kind = "flat"
         if kind == "flat":
             index: faiss.Index = faiss.IndexFlatIP(dim)
         else:
-            nlist = nlist or int(min(65536, max(16, 4 * math.sqrt(len(vectors)))))
-            quantizer = faiss.IndexFlatIP(dim)
-            if kind == "ivf":
-                index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            else:
-                pq_m = pq_m or 64
-                ivfpq = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, 8, faiss.METRIC_INNER_PRODUCT)
-                index = faiss.IndexRefineFlat(ivfpq)
-                index.k_factor = 4
-            sample = vectors[np.random.default_rng(0).choice(len(vectors), min(len(vectors), 64 * nlist), replace=False)]
-            index.train(sample)
-            faiss.extract_index_ivf(index).nprobe = nprobe or max(1, nlist // 32)
+            index = cls._trained_ivf(vectors, kind, nlist, nprobe, pq_m)
         index.add(vectors)
-        return cls(index, list(image_ids), np.asarray(landmark_ids), kind)
+        built = cls(index, list(image_ids), labels, kind)
+        log.info("built %r", built)
+        return built
+
+    @staticmethod
+    def _trained_ivf(vectors: np.ndarray, kind: str, nlist: int | None, nprobe: int | None, pq_m: int | None) -> faiss.Index:
+        count, dim = vectors.shape
+        nlist = default_nlist(count) if nlist is None else int(nlist)
+        if not 1 <= nlist <= count:
+            raise ValueError(f"nlist must be between 1 and the number of references ({count}), got {nlist}")
+        quantizer = faiss.IndexFlatIP(dim)
+        if kind == "ivf":
+            ivf: faiss.IndexIVF = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            index: faiss.Index = ivf
+            train_size = min(count, max(MIN_POINTS_PER_CELL, TRAIN_POINTS_PER_CELL) * nlist)
+        else:
+            pq_m = default_pq_m(dim) if pq_m is None else int(pq_m)
+            if pq_m < 1 or dim % pq_m:
+                raise ValueError(f"pq_m must divide the embedding size {dim}, got {pq_m}")
+            train_size = min(count, max(MIN_POINTS_PER_CELL * nlist, TRAIN_POINTS_PER_CELL * nlist, 256 * MIN_POINTS_PER_CELL))
+            nbits = int(min(8, max(1, math.floor(math.log2(max(2, train_size // MIN_POINTS_PER_CELL))))))
+            ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, nbits, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexRefineFlat(ivf)
+            index.k_factor = REFINE_K_FACTOR
+        ivf.cp.niter = KMEANS_ITERATIONS
+        ivf.cp.seed = 0
+        rows = np.sort(np.random.default_rng(0).choice(count, train_size, replace=False)) if train_size < count else slice(None)
+        index.train(vectors[rows])
+        ivf.nprobe = int(min(nlist, default_nprobe(nlist) if nprobe is None else max(1, int(nprobe))))
+        return index
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(similarities, positions), both (N, k); -1 positions pad when there are fewer than k references."""
+        """(similarities float32, positions int64), both (N, k), best first; position -1 and similarity -inf pad
+        when fewer than k references were found."""
+        if int(k) < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        matrix = _as_matrix(queries, "queries", self.dim)
         with self.lock:
-            return self.index.search(_as_matrix(queries), k)
+            if len(matrix) == 0 or self.index.ntotal == 0:
+                return (np.full((len(matrix), k), PADDING_SIMILARITY, np.float32), np.full((len(matrix), k), -1, np.int64))
+            similarities, positions = self.index.search(matrix, int(k))
+        positions = positions.astype(np.int64, copy=False)
+        similarities = np.where(positions >= 0, similarities, PADDING_SIMILARITY).astype(np.float32, copy=False)
+        return similarities, positions
 
     def landmark_ids_at(self, positions: np.ndarray) -> np.ndarray:
+        """The landmark id of each position (any shape), -1 where the position is -1."""
+        positions = np.asarray(positions, dtype=np.int64)
         with self.lock:
-            labels = self.landmark_ids[np.clip(positions, 0, None)] if len(self.landmark_ids) else np.full_like(positions, -1)
-        return np.where(positions >= 0, labels, -1)
+            labels = self.landmark_ids
+        if not len(labels):
+            return np.full(positions.shape, -1, dtype=np.int64)
+        return np.where(positions >= 0, labels[np.clip(positions, 0, len(labels) - 1)], -1)
 
     def count_of(self, landmark_id: int) -> int:
-        """Reference photos of a landmark."""
+        """Reference photos of a landmark (0 when it has none)."""
         with self.lock:
             if self._counts is None:
                 ids, counts = np.unique(self.landmark_ids, return_counts=True)
                 self._counts = dict(zip(ids.tolist(), counts.tolist()))
             return self._counts.get(int(landmark_id), 0)
 
-    def add(self, embeddings: np.ndarray, image_ids: Sequence[str], landmark_ids: Sequence[int]) -> None:
-        """Append references (e.g. a newly enrolled landmark); searchable at once."""
-        vectors = _as_matrix(embeddings)
-        if len(vectors) != len(image_ids) or len(vectors) != len(landmark_ids):
-            raise ValueError("embeddings, image_ids and landmark_ids must have the same length")
+    def add(self, embeddings: np.ndarray, image_ids: Sequence[str], landmark_ids: Sequence[int] | np.ndarray) -> None:
+        """Append references (e.g. a newly enrolled landmark); searchable at once, positions continue from len()."""
+        vectors = _as_matrix(embeddings, dim=self.dim)
+        labels = _check_lengths(vectors, image_ids, landmark_ids)
+        _warn_if_not_unit(vectors)
         with self.lock:
             self.index.add(vectors)
-            self.image_ids.extend(image_ids)
-            self.landmark_ids = np.concatenate([self.landmark_ids, np.asarray(landmark_ids, dtype=np.int64)])
+            self.image_ids.extend(str(i) for i in image_ids)
+            self.landmark_ids = np.concatenate([self.landmark_ids, labels])
             self._counts = None
 
     def save(self, folder: Path) -> None:
-        """index.faiss, references.csv and index.json, each written to a temporary file and renamed."""
+        """``index.faiss``, ``references.csv`` (position,image_id,landmark_id) and ``index.json`` (type, dim, count,
+        nlist, nprobe), each written to a temporary file in ``folder`` and renamed over the old one."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         with self.lock:
-            tmp = folder / f".index.faiss.tmp-{os.getpid()}"
-            faiss.write_index(self.index, str(tmp))
-            references = pd.DataFrame({"position": np.arange(len(self.image_ids)), "image_id": self.image_ids,
+            meta = {"type": self.index_type, "dim": self.dim, "count": len(self), "nlist": self.nlist,
+                    "nprobe": self.nprobe, "metric": "inner_product"}
+            references = pd.DataFrame({"position": np.arange(len(self), dtype=np.int64), "image_id": self.image_ids,
                                        "landmark_id": self.landmark_ids})
-            references.to_csv(folder / f".references.csv.tmp-{os.getpid()}", index=False)
-            (folder / f".index.json.tmp-{os.getpid()}").write_text(json.dumps(
-                {"type": self.index_type, "dim": self.dim, "count": len(self)}))
-            for name in ("index.faiss", "references.csv", "index.json"):
-                os.replace(folder / f".{name}.tmp-{os.getpid()}", folder / name)
+            temporary: dict[str, str] = {}
+            try:
+                for name in ("index.faiss", "references.csv", "index.json"):
+                    handle, temporary[name] = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
+                    os.close(handle)
+                faiss.write_index(self.index, temporary["index.faiss"])
+                references.to_csv(temporary["references.csv"], index=False)
+                Path(temporary["index.json"]).write_text(json.dumps(meta, indent=1) + "\n")
+                for name in ("index.faiss", "references.csv", "index.json"):  # index.json last: it vouches for the rest
+                    os.replace(temporary.pop(name), folder / name)
+            finally:
+                for path in temporary.values():
+                    Path(path).unlink(missing_ok=True)
 
     @classmethod
     def load(cls, folder: Path) -> "EmbeddingIndex":
+        """The index that ``save`` wrote into ``folder``."""
         folder = Path(folder)
-        if not (folder / "index.faiss").exists():
-            raise DataError(f"{folder} holds no index (index.faiss is missing).")
-        meta = json.loads((folder / "index.json").read_text())
-        references = pd.read_csv(folder / "references.csv", dtype={"image_id": str})
-        index = faiss.read_index(str(folder / "index.faiss"))
-        return cls(index, references["image_id"].tolist(), references["landmark_id"].to_numpy(), meta["type"])
+        if not folder.is_dir():
+            raise DataError(f"Index folder {folder} does not exist.")
+        missing = [n for n in ("index.faiss", "references.csv", "index.json") if not (folder / n).is_file()]
+        if missing:
+            raise DataError(f"Index folder {folder} is incomplete (missing {', '.join(missing)}).")
+        try:
+            meta = json.loads((folder / "index.json").read_text())
+            references = pd.read_csv(folder / "references.csv", dtype={"image_id": str, "landmark_id": np.int64},
+                                     keep_default_na=False)
+            index = faiss.read_index(str(folder / "index.faiss"))
+        except (OSError, ValueError, RuntimeError, pd.errors.ParserError) as error:
+            raise DataError(f"Index folder {folder} holds an unreadable index ({str(error).splitlines()[0]}).") from None
+        if not index.ntotal == len(references) == int(meta.get("count", len(references))):
+            raise DataError(
+                f"Index folder {folder} is inconsistent: {index.ntotal} vectors, {len(references)} references, "
+                f"index.json says {meta.get('count')}."
+            )
+        loaded = cls(index, references["image_id"].tolist(), references["landmark_id"].to_numpy(), str(meta.get("type", "flat")))
+        if meta.get("nprobe") and loaded.nlist:
+            loaded.nprobe = int(meta["nprobe"])
+        return loaded
