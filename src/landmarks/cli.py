@@ -146,13 +146,29 @@ def cmd_index(args: argparse.Namespace) -> int:
     from landmarks.recognize.sharded import embed_shard, merge_shards
 
     run = _existing_dir(args.run)
+    if args.non_landmarks:
+        from landmarks.recognize.embed import embed_paths
+        from landmarks.recognize.index import EmbeddingIndex
+
+        photos = _collect_images([args.non_landmarks])
+        embeddings, _, valid, failures = embed_paths(load_embedder(run, args.backend), photos, desc="non-landmarks")
+        index = EmbeddingIndex.load(run / "index")
+        kept = [f"non-landmark:{p.name}" for p, ok in zip(photos, valid) if ok]
+        index.add(embeddings, kept, [-1] * len(kept))
+        index.save(run / "index")
+        print(f"added {len(kept)} non-landmark reference photos to {run / 'index'}"
+              + (f" ({len(failures)} unreadable skipped)" if failures else ""))
+        return 0
     if args.merge:
         index = merge_shards([Path(f) for f in args.merge], args.index_type)
         index.save(run / "index")
         print(f"merged {len(args.merge)} shards: {len(index)} reference photos in {run / 'index'}")
         return 0
     if not args.data or not args.out:
-        raise LandmarksError("landmarks index needs --data and --out to embed a shard, or --merge FILES to merge shards.")
+        raise LandmarksError(
+            "landmarks index needs --data and --out to embed a shard, --merge FILES to merge shards, "
+            "or --non-landmarks DIR to add non-landmark photos."
+        )
     embed_shard(load_embedder(run, args.backend), _existing_dir(args.data), args.shard, args.num_shards, Path(args.out))
     print(f"wrote shard {args.shard} of {args.num_shards} to {args.out}")
     return 0
@@ -241,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-shards", type=int, default=1)
     p.add_argument("--out", help="the shard's .npz file")
     p.add_argument("--merge", nargs="+", metavar="SHARD.npz", help="merge these shard files into RUN/index")
+    p.add_argument("--non-landmarks", metavar="DIR",
+                   help="add DIR's photos (showing no known landmark) to RUN/index: close matches lower a query's confidence")
     p.add_argument("--index-type", default="auto", choices=("auto", "flat", "ivf", "ivfpq"))
     p.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"), help=backend_help)
     p.set_defaults(func=cmd_index)

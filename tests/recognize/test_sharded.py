@@ -36,3 +36,19 @@ def test_missing_shard_is_refused(tiny_run_dir: Path, tiny_gldv2: Path, tmp_path
 
     with pytest.raises(DataError, match=r"Shards \[0\] do not make up all 2 shards"):
         merge_shards([tmp_path / "s0.npz"])
+
+
+def test_non_landmark_photos_join_the_index_with_id_minus_one(tiny_run_dir: Path, tmp_path: Path, capsys):
+    import shutil
+
+    from conftest import make_photo
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, run)
+    before = len(EmbeddingIndex.load(run / "index"))
+    for i in range(3):
+        make_photo(tmp_path / "indoor" / f"{i}.jpg", (90, 90, 90), seed=i)
+    assert main(["index", str(run), "--non-landmarks", str(tmp_path / "indoor")]) == 0
+    assert "added 3 non-landmark reference photos" in capsys.readouterr().out
+    index = EmbeddingIndex.load(run / "index")
+    assert len(index) == before + 3 and list(index.landmark_ids[-3:]) == [-1, -1, -1]

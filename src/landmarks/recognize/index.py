@@ -2,23 +2,31 @@
 
 Index types (``index_type``):
 
-- ``flat``: exact search (``IndexFlatIP``); every query scans every reference.
-- ``ivf``: ``IndexIVFFlat`` with ``METRIC_INNER_PRODUCT``: references are grouped into ``nlist`` k-means cells and a
-  query scans the ``nprobe`` cells nearest to it. Vectors are stored uncompressed (4 bytes x dim each).
-- ``ivfpq``: ``IndexIVFPQ`` (each vector compressed to ``pq_m`` bytes) wrapped in ``IndexRefineFlat``: the PQ
-  scan gives a shortlist of ``REFINE_K_FACTOR * k`` candidates which are re-ranked by their exact inner product,
-  so similarities are exact and the top-1 matches exact search as often as the shortlist holds it.
-- ``auto``: ``flat`` below ``FLAT_BELOW`` references (exact and fast enough: ~1 ms/query at 100k on 2 cores),
-  ``ivf`` below ``IVFPQ_FROM``, ``ivfpq`` from there on (its PQ scan is cheaper than IVF-flat's at equal recall on
-  millions; see benchmarks/bench_index.py and the "Million-scale kNN" section of benchmarks/RESULTS.md for the
-  measurements behind these numbers and the default ``nlist``/``nprobe``).
+- ``flat``: exact search (``IndexFlatIP``); every query scans every reference (a BLAS matrix product when
+  queries come in batches: ~0.8 ms/query at 100k references, ~8 ms/query at 1M, 512-d, 2 cores).
+- ``ivf``: ``IndexIVFFlat`` with ``METRIC_INNER_PRODUCT``: references are grouped into ``nlist`` cells
+  (spherical k-means) and a query scans the ``nprobe`` cells nearest to it; vectors stay uncompressed.
+- ``ivfpq``: IVF + 4-bit product quantization scanned with SIMD (``IndexIVFPQFastScan``, ``pq_m`` sub-quantizers,
+  ``pq_m / 2`` bytes a vector) wrapped in ``IndexRefineFlat``: the PQ scan gives a shortlist of
+  ``REFINE_K_FACTOR * k`` candidates that are re-ranked by their exact inner product with the stored vectors, so
+  similarities are exact and the top-1 is exact search's whenever the shortlist holds it.
+- ``auto``: ``flat`` below ``FLAT_BELOW`` references, ``ivfpq`` from there on.
 
-Approximate indexes are trained on a random sample of the references (seed 0), so a build is reproducible;
-FAISS' multi-threaded search is bit-exact across runs for the same thread count.
+Why ``auto`` never picks ``ivf`` and why ``nprobe`` is a large fraction of ``nlist``: on embeddings of many
+landmarks with few photos each (GLDv2: median 9 photos), the k-means cells follow the big landmarks; a small
+landmark's photos fall in cells chosen by their noise, so a new photo of it finds its neighbours' cell only when
+a query scans ~40-50 % of the cells. IVF-flat scanning that much is slower than exact search (it is not a BLAS
+product); the PQ fast scan reads 32 bytes instead of 2 KB a vector and re-ranks exactly, which at 1M references
+gives recall@1 ~0.98 against exact search at ~0.6 ms/query (benchmarks/bench_index.py, section "Million-scale kNN"
+of benchmarks/RESULTS.md). On embeddings with tighter clusters a smaller ``nprobe`` gives the same recall faster:
+set ``index.nprobe``.
+
+Approximate indexes are trained on a random sample of the references (seed 0), so a build is reproducible.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -26,7 +34,7 @@ import os
 import tempfile
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -37,13 +45,13 @@ from landmarks.errors import DataError
 log = logging.getLogger(__name__)
 
 INDEX_TYPES = ("auto", "flat", "ivf", "ivfpq")
-FLAT_BELOW = 100_000  # auto: exact search below this many references
-IVFPQ_FROM = 2_000_000  # auto: IVF-PQ (+ exact re-ranking) from this many references
+FLAT_BELOW = 100_000  # auto: exact search below this many references (~0.8 ms/query at 100k, 512-d, 2 cores)
 MAX_NLIST = 65_536
 MIN_POINTS_PER_CELL = 39  # FAISS' k-means wants at least this many training points per centroid
-TRAIN_POINTS_PER_CELL = 32  # training sample: this many points per IVF cell (at least MIN_POINTS_PER_CELL * nlist)
+TRAIN_POINTS_PER_CELL = 64  # k-means training sample: this many references per IVF cell
 KMEANS_ITERATIONS = 10
-REFINE_K_FACTOR = 4  # ivfpq: candidates re-ranked exactly = k_factor * k
+NPROBE_FRACTION = 0.5  # default nprobe = this fraction of nlist (see the module docstring)
+REFINE_K_FACTOR = 16  # ivfpq: candidates re-ranked exactly = k_factor * k
 PADDING_SIMILARITY = -np.inf  # similarity reported where fewer than k references were found (position -1)
 
 
@@ -55,19 +63,34 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+@contextlib.contextmanager
+def _faiss_threads(count: int) -> Iterator[None]:
+    """FAISS' OpenMP threads set to ``count`` for a block, then back to all cores.
+
+    PQ training runs thousands of tiny parallel loops; on a machine whose cores are busy with other processes
+    their spinning threads made it 30x slower (19 s instead of 0.3 s), so it runs on one thread."""
+    faiss.omp_set_num_threads(count)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(available_cores())
+
+
 def default_nlist(count: int) -> int:
-    """IVF cells: ~4 sqrt(n), at most ``MAX_NLIST`` and at most n / 39 (enough training points per cell)."""
-    nlist = int(round(4 * math.sqrt(max(count, 1))))
+    """IVF cells: ~sqrt(n) (1,000 at 1M), at most ``MAX_NLIST`` and at most n / 39 (enough training points per cell).
+
+    At 1M references 4 sqrt(n) cells gave the same recall per ms of search but a 5x longer build."""
+    nlist = int(round(math.sqrt(max(count, 1))))
     return int(max(1, min(nlist, MAX_NLIST, count // MIN_POINTS_PER_CELL)))
 
 
 def default_nprobe(nlist: int) -> int:
-    """Cells scanned per query: recall@1 >= 0.95 against exact search on clustered data (benchmarks/bench_index.py)."""
-    return int(min(nlist, max(8, nlist // 64)))
+    """Cells scanned per query: half of them (recall@1 >= 0.95 against exact search, benchmarks/bench_index.py)."""
+    return int(min(nlist, max(1, math.ceil(NPROBE_FRACTION * nlist))))
 
 
 def default_pq_m(dim: int) -> int:
-    """PQ sub-quantizers: one byte per 8 dimensions (64 for 512-d), a divisor of ``dim``."""
+    """PQ sub-quantizers: one per 8 dimensions (64 for 512-d, 32 bytes a vector at 4 bits each), a divisor of ``dim``."""
     for m in range(max(1, dim // 8), 0, -1):
         if dim % m == 0:
             return m
@@ -192,10 +215,8 @@ class EmbeddingIndex:
 
     @staticmethod
     def choose_type(count: int) -> str:
-        """The index type ``auto`` picks for ``count`` references."""
-        if count < FLAT_BELOW:
-            return "flat"
-        return "ivf" if count < IVFPQ_FROM else "ivfpq"
+        """The index type ``auto`` picks for ``count`` references: exact below ``FLAT_BELOW``, IVF-PQ + re-ranking above."""
+        return "flat" if count < FLAT_BELOW else "ivfpq"
 
     @classmethod
     def build(
@@ -231,28 +252,39 @@ class EmbeddingIndex:
 
     @staticmethod
     def _trained_ivf(vectors: np.ndarray, kind: str, nlist: int | None, nprobe: int | None, pq_m: int | None) -> faiss.Index:
+        """An empty, trained IVF-flat or IVF-PQ(+refine) index for ``vectors``."""
         count, dim = vectors.shape
         nlist = default_nlist(count) if nlist is None else int(nlist)
         if not 1 <= nlist <= count:
             raise ValueError(f"nlist must be between 1 and the number of references ({count}), got {nlist}")
-        quantizer = faiss.IndexFlatIP(dim)
-        if kind == "ivf":
-            ivf: faiss.IndexIVF = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            index: faiss.Index = ivf
-            train_size = min(count, max(MIN_POINTS_PER_CELL, TRAIN_POINTS_PER_CELL) * nlist)
-        else:
+        if kind == "ivfpq":
             pq_m = default_pq_m(dim) if pq_m is None else int(pq_m)
             if pq_m < 1 or dim % pq_m:
                 raise ValueError(f"pq_m must divide the embedding size {dim}, got {pq_m}")
-            train_size = min(count, max(MIN_POINTS_PER_CELL * nlist, TRAIN_POINTS_PER_CELL * nlist, 256 * MIN_POINTS_PER_CELL))
-            nbits = int(min(8, max(1, math.floor(math.log2(max(2, train_size // MIN_POINTS_PER_CELL))))))
-            ivf = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_m, nbits, faiss.METRIC_INNER_PRODUCT)
+        train_size = min(count, max(TRAIN_POINTS_PER_CELL * nlist, 4096))
+        rows = np.sort(np.random.default_rng(0).choice(count, train_size, replace=False)) if train_size < count else slice(None)
+        sample = vectors[rows]
+        # Coarse cells: spherical k-means (centroids on the unit sphere, as the embeddings), all cores.
+        parameters = faiss.ClusteringParameters()
+        parameters.niter = KMEANS_ITERATIONS
+        parameters.seed = 0
+        parameters.spherical = True
+        parameters.max_points_per_centroid = TRAIN_POINTS_PER_CELL
+        parameters.verbose = False
+        quantizer = faiss.IndexFlatIP(dim)
+        if nlist > train_size // MIN_POINTS_PER_CELL:
+            log.info("training %d IVF cells on only %d references", nlist, train_size)
+        clustering = faiss.Clustering(dim, nlist, parameters)
+        clustering.train(sample, quantizer)  # leaves the nlist centroids in the quantizer: IVF training skips them
+        if kind == "ivf":
+            ivf: faiss.IndexIVF = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            index: faiss.Index = ivf
+        else:
+            ivf = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, pq_m, 4, faiss.METRIC_INNER_PRODUCT)
+            with _faiss_threads(1):
+                ivf.train(sample)  # the PQ codebooks, on residuals to the cells
             index = faiss.IndexRefineFlat(ivf)
             index.k_factor = REFINE_K_FACTOR
-        ivf.cp.niter = KMEANS_ITERATIONS
-        ivf.cp.seed = 0
-        rows = np.sort(np.random.default_rng(0).choice(count, train_size, replace=False)) if train_size < count else slice(None)
-        index.train(vectors[rows])
         ivf.nprobe = int(min(nlist, default_nprobe(nlist) if nprobe is None else max(1, int(nprobe))))
         return index
 
