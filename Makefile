@@ -47,7 +47,7 @@ browser-deps:
 	  { $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium >/dev/null; }; }
 
 bench: install
-	$(PY) benchmarks/bench_train.py --write
+	$(PY) benchmarks/bench_presets.py --write
 
 clean:
 	rm -rf runs .pytest_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -34,7 +35,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = train(config, data, out, resume=args.resume)
-    _print_run_summary(run_dir)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+        _print_run_summary(run_dir)
     return 0
 
 
@@ -273,9 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from landmarks import utils
 
-    utils.QUIET = args.quiet
+    quiet = args.quiet or int(os.environ.get("RANK", "0")) > 0  # torchrun: the other ranks stay silent
+    utils.QUIET = quiet
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
         format="%(message)s",
         stream=sys.stderr,
     )

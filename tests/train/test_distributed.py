@@ -19,7 +19,7 @@ OVERRIDES = ["data.image_size_px=32", "train.epochs=2", "train.batch_size=8", "t
 
 def _train(data: Path, out: Path, nproc: int, cache: Path) -> subprocess.CompletedProcess:
     torchrun = Path(sys.executable).with_name("torchrun")
-    launcher = [str(torchrun), f"--nproc_per_node={nproc}", "--master_port=0", "-m"] if nproc > 1 else [sys.executable, "-m"]
+    launcher = [str(torchrun), "--standalone", f"--nproc_per_node={nproc}", "-m"] if nproc > 1 else [sys.executable, "-m"]
     env = {**os.environ, "LANDMARKS_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
     command = [*launcher, "landmarks", "-q", "train", "--data", str(data), "--config", "seed-cnn", "--out", str(out), *OVERRIDES]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
