@@ -339,3 +339,21 @@ def test_bad_arguments(tmp_path: Path):
         download_gldv2("valid", tmp_path, shards=[0], progress=False)
     with pytest.raises(ConfigError, match="workers"):
         download_gldv2("test", tmp_path, shards=[0], workers=0, progress=False)
+
+
+def test_the_cli_downloads_a_corrupt_shard_again_and_reports_it(site, tmp_path: Path, capsys: pytest.CaptureFixture):
+    from landmarks.cli import main
+
+    server, base = site
+    good = tar_bytes(shard_images(0))
+    server.add_shard("train", 0, good, served=[good[:-10] + b"corrupted!", good])
+    out = tmp_path / "gld"
+
+    code = main(["-q", "download", "gldv2", "--split", "train", "--shards", "0", "--base-url", base, "--out", str(out)])
+
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "1 shards downloaded" in printed and "1 re-fetched after a bad md5" in printed
+    assert all((out / "train" / name).read_bytes() == payload for name, payload in shard_images(0).items())
+    assert main(["download", "gldv2", "--split", "train", "--shards", "9-2", "--out", str(out)]) == 2
+    assert "landmarks: error:" in capsys.readouterr().err
