@@ -139,7 +139,8 @@ def calibrate_knn_weight(recognizer: Recognizer, references: tuple, queries: tup
 
 
 def finish_run(run_dir: Path, config: Config, data: "PreparedData", model: "LandmarkModel") -> dict:
-    """After training: the reference index, metrics on the held-out split, curves and a prediction collage."""
+    """After training: metrics on the held-out split (searched against the other photos), then the reference index
+    of every training photo, curves and a prediction collage."""
     model.eval()
     embedder = TorchEmbedder(model, tta_flip=config.recognize.tta_flip)
     splits = {split: embed_split(embedder, data, split) for split in ("train", "val", "test")}
@@ -167,6 +168,10 @@ def finish_run(run_dir: Path, config: Config, data: "PreparedData", model: "Land
         result.update(compute_metrics(predictions, true, recognizer, embeddings))
         result["classifier_accuracy"] = float((data.landmark_ids[logits.argmax(1)] == true).mean())
         write_report(run_dir / "evaluation" / "held-out", predictions, true, data.names, result)
+        # measured: now every training photo becomes a reference, the held-out ones included
+        index.add(embeddings, data.frame["id"].to_numpy()[test].tolist(), true)
+        index.save(run_dir / "index")
+    result["references"] = len(index)
     result["train_minutes"] = float(history["seconds"].sum() / 60) if len(history) else 0.0
     has_val_loss = len(history) and history["val_loss"].notna().any()
     result["best_epoch"] = int(history["val_loss"].idxmin() + 1) if has_val_loss else len(history)
