@@ -10,7 +10,11 @@ class DataError(LandmarksError):
 
 
 class ImageError(LandmarksError):
-    """A file is missing, truncated or not an image."""
+    """A file is missing, truncated or not an image; ``kind`` says which (missing, not_image, corrupt, too_large)."""
+
+    def __init__(self, message: str, kind: str = "corrupt"):
+        super().__init__(message)
+        self.kind = kind
 
 
 class ConfigError(LandmarksError):

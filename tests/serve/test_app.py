@@ -117,8 +117,50 @@ def test_concurrent_predictions_and_enrolments(client: TestClient):
         files = [("photos", (f"e{i}.jpg", jpeg((10, 10 * i, 200), seed=i), "image/jpeg"))]
         return client.post("/landmarks", data={"name": f"place {i}"}, files=files).status_code
 
-    with ThreadPoolExecutor(8) as pool:
-        statuses = list(pool.map(predict, range(16))) + list(pool.map(enrol, range(6)))
+    with ThreadPoolExecutor(8) as pool:  # predictions and enrolments interleaved
+        futures = [pool.submit(predict, i) for i in range(16)]
+        futures[2:2] = [pool.submit(enrol, i) for i in range(6)]
+        statuses = [f.result() for f in futures]
     assert set(statuses) == {200}
     health = client.get("/health").json()
     assert health["landmarks"] == 4 + 6
+
+
+def test_repeated_feedback_and_enrolment_add_each_photo_once_in_memory_and_after_a_restart(run: Path):
+    photo = jpeg((30, 200, 40), seed=5)
+    with TestClient(create_app(run, backend="torch")) as client:
+        start = client.get("/health").json()["references"]
+        upload = client.post("/predict", files={"photo": ("p.jpg", photo, "image/jpeg")}).json()["upload_id"]
+        first = client.post("/feedback", json={"upload_id": upload, "landmark_id": 55}).json()
+        again = client.post("/feedback", json={"upload_id": upload, "landmark_id": 55}).json()
+        other = client.post("/feedback", json={"upload_id": upload, "landmark_id": 7}).json()
+        assert first["added_to_index"] and not again["added_to_index"] and other["added_to_index"]
+        same = [("photos", ("a.jpg", photo, "image/jpeg")), ("photos", ("b.jpg", photo, "image/jpeg"))]
+        assert client.post("/landmarks", data={"name": "Green Gate"}, files=same).json()["photos_added"] == 1
+        assert client.post("/landmarks", data={"name": "green gate"}, files=same).json()["photos_added"] == 0
+        live = client.get("/health").json()
+        assert live["references"] == start + 3 and live["feedback"] == 3
+        counts = {l["name"]: l["references"] for l in client.get("/landmarks").json()}
+    with TestClient(create_app(run, backend="torch")) as client:  # a restart replays exactly what memory held
+        assert client.get("/health").json() == live
+        assert {l["name"]: l["references"] for l in client.get("/landmarks").json()} == counts
+
+
+def test_a_png_declaring_a_huge_size_is_refused_without_decoding(client: TestClient):
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 30_000, 30_000, 8, 2, 0, 0, 0)  # 900 MP of RGB
+    bomb = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000)) + chunk(b"IEND", b"")
+    response = client.post("/predict", files={"photo": ("bomb.png", bomb, "image/png")})
+    assert response.status_code == 413 and "too large" in response.json()["detail"]
+
+
+def test_a_request_over_the_size_cap_is_refused_before_it_is_read(client: TestClient, monkeypatch):
+    monkeypatch.setattr(app_module, "MAX_REQUEST_BYTES", 5000)
+    files = [("photos", (f"p{i}.jpg", jpeg((9, 9, 9), seed=i, size=(200, 200)), "image/jpeg")) for i in range(4)]
+    response = client.post("/landmarks", data={"name": "Heavy"}, files=files)
+    assert response.status_code == 413 and "larger than" in response.json()["detail"]

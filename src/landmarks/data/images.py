@@ -29,18 +29,21 @@ def _check_bomb(image: Image.Image, name: str) -> None:
     """Refuse photos beyond PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``, ~89 MP by default)."""
     limit = Image.MAX_IMAGE_PIXELS
     if limit is not None and image.width * image.height > limit:
-        raise ImageError(f"{name} is too large to decode safely ({image.width}x{image.height} pixels).")
+        raise ImageError(f"{name} is too large to decode safely ({image.width}x{image.height} pixels).", "too_large")
 
 
-def _open(source: str | Path | io.BytesIO, name: str) -> Image.Image:
+UPLOAD_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # what an upload may be: no exotic decoders
+
+
+def _open(source: str | Path | io.BytesIO, name: str, formats: Sequence[str] | None = None) -> Image.Image:
     try:
-        image = Image.open(source)
+        image = Image.open(source, formats=formats)
     except FileNotFoundError:
-        raise ImageError(f"{name} does not exist.") from None
+        raise ImageError(f"{name} does not exist.", "missing") from None
     except Image.DecompressionBombError:
-        raise ImageError(f"{name} is too large to decode safely (a possible decompression bomb).") from None
+        raise ImageError(f"{name} is too large to decode safely (a possible decompression bomb).", "too_large") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise ImageError(f"{name} is not an image.") from None
+        raise ImageError(f"{name} is not an image.", "not_image") from None
     try:
         _check_bomb(image, name)
     except ImageError:
@@ -63,7 +66,7 @@ def _to_array(image: Image.Image, size_px: int, name: str) -> np.ndarray:
         image = image.resize((size_px, size_px), Image.BILINEAR, reducing_gap=3.0)
         return np.asarray(image, dtype=np.uint8)
     except Image.DecompressionBombError:
-        raise ImageError(f"{name} is too large to decode safely (a possible decompression bomb).") from None
+        raise ImageError(f"{name} is too large to decode safely (a possible decompression bomb).", "too_large") from None
     except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise ImageError(f"{name} is truncated or corrupt ({error}).") from None
 
@@ -71,15 +74,23 @@ def _to_array(image: Image.Image, size_px: int, name: str) -> np.ndarray:
 def decode_image(path: str | Path, size_px: int) -> np.ndarray:
     """A photo as size_px x size_px x 3 uint8 RGB (aspect squashed, as the seed's resize), decoded in JPEG draft mode."""
     if Path(path).is_dir():
-        raise ImageError(f"{path} is a folder, not an image.")
+        raise ImageError(f"{path} is a folder, not an image.", "not_image")
     with _open(path, str(path)) as image:
         return _to_array(image, size_px, str(path))
 
 
 def decode_image_bytes(data: bytes, size_px: int, name: str = "the uploaded file") -> np.ndarray:
-    """Like ``decode_image`` for bytes already in memory (an upload); ``name`` is used in error messages."""
-    with _open(io.BytesIO(data), name) as image:
-        return _to_array(image, size_px, name)
+    """Like ``decode_image`` for bytes already in memory (an upload; common formats only); ``name`` is used in
+    error messages. Whatever a crafted file makes the decoder raise becomes an ``ImageError``."""
+    try:
+        with _open(io.BytesIO(data), name, UPLOAD_FORMATS) as image:
+            return _to_array(image, size_px, name)
+    except ImageError:
+        raise
+    except MemoryError:
+        raise ImageError(f"{name} is too large to decode.", "too_large") from None
+    except Exception as error:  # noqa: BLE001 - struct.error, IndexError, ... from a crafted file
+        raise ImageError(f"{name} is truncated or corrupt ({type(error).__name__}).") from None
 
 
 def default_cache_dir() -> Path:

@@ -129,6 +129,8 @@ class Recognizer:
     def next_landmark_id(self) -> int:
         """An id no landmark uses yet (for enrolling a new one)."""
         known = [*self.names.keys(), *self.class_landmark_ids.tolist(), -1]
+        if self.index is not None and len(self.index):
+            known.append(int(self.index.landmark_ids.max()))
         return int(max(known)) + 1
 
     # -- prediction --------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from typing import AsyncIterator
 
 import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from landmarks.data.images import decode_image_bytes
@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024
 MAX_ENROL_PHOTOS = 50
+MAX_REQUEST_BYTES = 64 * 1024 * 1024  # a whole request (an enrolment's photos together), refused before it is read
 
 
 class CandidateOut(BaseModel):
@@ -89,15 +90,35 @@ class Service:
         self.store = store
         self.lock = threading.Lock()
         self.enrolled: set[int] = set()
+        self.added: set[tuple[str, int]] = set()  # (image_id, landmark_id) of the references added at serve time
         for landmark_id, name in store.landmarks().items():
             recognizer.names[landmark_id] = name
             self.enrolled.add(landmark_id)
-        references = store.references()
-        if references:
-            for landmark_id in sorted({r[1] for r in references}):
-                rows = [r for r in references if r[1] == landmark_id]
-                recognizer.add_references(np.stack([r[2] for r in rows]), [r[0] for r in rows], landmark_id)
-            log.info("restored %d references added at serve time", len(references))
+        dim = recognizer.index.dim if recognizer.index is not None else None
+        rows = [r for r in store.references() if dim is None or len(r[2]) == dim]
+        if len(rows) < len(store.references()):
+            log.warning("skipped %d stored references whose embedding size does not match the model",
+                        len(store.references()) - len(rows))
+        for landmark_id in sorted({r[1] for r in rows}):
+            mine = [r for r in rows if r[1] == landmark_id]
+            self.add_references(np.stack([r[2] for r in mine]), [r[0] for r in mine], landmark_id)
+        if rows:
+            log.info("restored %d references added at serve time", len(rows))
+
+    def new_references(self, image_ids: list[str], landmark_id: int) -> list[int]:
+        """Positions in ``image_ids`` of the photos not yet a reference of this landmark (first of duplicates)."""
+        seen = set(self.added)
+        fresh = []
+        for position, image_id in enumerate(image_ids):
+            if (image_id, landmark_id) not in seen:
+                seen.add((image_id, landmark_id))
+                fresh.append(position)
+        return fresh
+
+    def add_references(self, embeddings: np.ndarray, image_ids: list[str], landmark_id: int, name: str | None = None) -> None:
+        """Into the in-memory index (call with ``lock`` held, after the store has them)."""
+        self.recognizer.add_references(embeddings, image_ids, landmark_id, name)
+        self.added.update((i, landmark_id) for i in image_ids)
 
     def decode(self, data: bytes, name: str) -> np.ndarray:
         if len(data) > MAX_UPLOAD_BYTES:
@@ -107,7 +128,7 @@ class Service:
         try:
             return decode_image_bytes(data, self.recognizer.input_size_px, name)
         except ImageError as error:
-            status = 413 if "too large" in str(error) else 415 if "not an image" in str(error) else 400
+            status = {"too_large": 413, "not_image": 415}.get(error.kind, 400)
             raise HTTPException(status, str(error)) from None
 
 
@@ -146,6 +167,13 @@ def create_app(run_dir: Path, backend: str = "auto", recognizer: Recognizer | No
     app = FastAPI(title="landmarks", description="Recognise landmarks in photos; correct mistakes; enrol new landmarks.",
                   lifespan=lifespan)
 
+    @app.middleware("http")
+    async def refuse_huge_requests(request: Request, call_next):  # before the body is spooled anywhere
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > MAX_REQUEST_BYTES:
+            return JSONResponse({"detail": f"The request is larger than {MAX_REQUEST_BYTES // (1024 * 1024)} MB."}, 413)
+        return await call_next(request)
+
     def service(request: Request) -> Service:
         return request.app.state.service
 
@@ -180,15 +208,14 @@ def create_app(run_dir: Path, backend: str = "auto", recognizer: Recognizer | No
         if body.landmark_id != NO_LANDMARK and body.landmark_id not in svc.recognizer.names:
             raise HTTPException(404, f"No landmark with id {body.landmark_id}.")
         predicted, embedding = upload
-        added = False
-        if body.add_to_index and body.landmark_id != NO_LANDMARK:
+        with svc.lock:  # the store first, then memory: a restart replays exactly what memory holds
             image_id = f"upload-{body.upload_id}"
-            with svc.lock:
-                svc.store.add_references([image_id], body.landmark_id, embedding[None])
-                svc.recognizer.add_references(embedding[None], [image_id], body.landmark_id)
-            added = True
-        feedback_id = svc.store.record_feedback(body.upload_id, predicted, body.landmark_id, added)
-        return FeedbackOut(feedback_id=feedback_id, added_to_index=added)
+            add = body.add_to_index and body.landmark_id != NO_LANDMARK and bool(svc.new_references([image_id], body.landmark_id))
+            feedback_id = svc.store.record_feedback(body.upload_id, predicted, body.landmark_id,
+                                                    (image_id, embedding) if add else None)
+            if add:
+                svc.add_references(embedding[None], [image_id], body.landmark_id)
+        return FeedbackOut(feedback_id=feedback_id, added_to_index=add)
 
     @app.get("/landmarks", response_model=list[LandmarkOut])
     def landmarks(request: Request) -> list[LandmarkOut]:
@@ -221,13 +248,18 @@ def create_app(run_dir: Path, backend: str = "auto", recognizer: Recognizer | No
         embeddings, _ = svc.recognizer.embed(np.stack(decoded))
         with svc.lock:
             existing = {n.lower(): i for i, n in svc.recognizer.names.items()}
-            landmark_id = existing.get(name.lower(), svc.recognizer.next_landmark_id())
-            if landmark_id not in existing.values():
-                svc.store.add_landmark(landmark_id, name)
+            is_new = name.lower() not in existing
+            landmark_id = svc.recognizer.next_landmark_id() if is_new else existing[name.lower()]
+            fresh = svc.new_references(image_ids, landmark_id)
+            ids = [image_ids[i] for i in fresh]
+            svc.store.enrol(landmark_id, name if is_new else None, ids, embeddings[fresh])
+            if is_new:
                 svc.enrolled.add(landmark_id)
-            svc.store.add_references(image_ids, landmark_id, embeddings)
-            svc.recognizer.add_references(embeddings, image_ids, landmark_id, svc.recognizer.names.get(landmark_id, name))
-        return EnrolOut(landmark_id=landmark_id, name=svc.recognizer.names[landmark_id], photos_added=len(decoded),
+            if fresh:
+                svc.add_references(embeddings[fresh], ids, landmark_id, svc.recognizer.names.get(landmark_id, name))
+            elif is_new:
+                svc.recognizer.names[landmark_id] = name
+        return EnrolOut(landmark_id=landmark_id, name=svc.recognizer.names[landmark_id], photos_added=len(fresh),
                         skipped=skipped)
 
     return app

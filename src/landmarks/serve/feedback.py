@@ -1,4 +1,8 @@
-"""SQLite (WAL) store next to the run: uploads, feedback, enrolled landmarks and the reference photos added at serve time."""
+"""SQLite (WAL) store next to the run: uploads, feedback, enrolled landmarks and the reference photos added at serve time.
+
+A reference is identified by (image_id, landmark_id): the same photo given twice to one landmark is one reference,
+the same photo given to two landmarks is two, in memory as on disk.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE TABLE IF NOT EXISTS landmarks (landmark_id INTEGER PRIMARY KEY, name TEXT NOT NULL, created REAL);
 CREATE TABLE IF NOT EXISTS added_references (
-    image_id TEXT PRIMARY KEY, landmark_id INTEGER, embedding BLOB, created REAL
+    image_id TEXT, landmark_id INTEGER, embedding BLOB, created REAL, PRIMARY KEY (image_id, landmark_id)
 );
 """
 
@@ -40,7 +44,7 @@ class FeedbackStore:
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
         db = sqlite3.connect(self.path, timeout=30)
-        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA synchronous=FULL")  # each commit on disk before the request answers, even on power loss
         try:
             with db:  # commits, or rolls back on an exception
                 yield db
@@ -62,12 +66,15 @@ class FeedbackStore:
             ).fetchone()
         return None if row is None else (int(row[0]), np.frombuffer(row[1], dtype=np.float32))
 
-    def record_feedback(self, upload_id: str, predicted: int, landmark_id: int, added: bool) -> int:
+    def record_feedback(self, upload_id: str, predicted: int, landmark_id: int, reference: tuple[str, np.ndarray] | None) -> int:
+        """The feedback row and, when given, the (image id, embedding) reference it adds: one transaction."""
         with self.lock, self.connect() as db:
+            if reference is not None:
+                self._insert_references(db, [reference[0]], landmark_id, reference[1][None])
             cursor = db.execute(
                 "INSERT INTO feedback (created, upload_id, predicted_landmark_id, landmark_id, added_to_index) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (time.time(), upload_id, predicted, landmark_id, int(added)),
+                (time.time(), upload_id, predicted, landmark_id, int(reference is not None)),
             )
             return int(cursor.lastrowid)
 
@@ -75,16 +82,19 @@ class FeedbackStore:
         with self.connect() as db:
             return int(db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
 
-    def add_landmark(self, landmark_id: int, name: str) -> None:
+    def enrol(self, landmark_id: int, name: str | None, image_ids: list[str], embeddings: np.ndarray) -> None:
+        """A new landmark (when ``name`` is given) and its reference photos: one transaction."""
         with self.lock, self.connect() as db:
-            db.execute("INSERT OR REPLACE INTO landmarks VALUES (?, ?, ?)", (landmark_id, name, time.time()))
+            if name is not None:
+                db.execute("INSERT OR REPLACE INTO landmarks VALUES (?, ?, ?)", (landmark_id, name, time.time()))
+            self._insert_references(db, image_ids, landmark_id, embeddings)
 
-    def add_references(self, image_ids: list[str], landmark_id: int, embeddings: np.ndarray) -> None:
-        with self.lock, self.connect() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO added_references VALUES (?, ?, ?, ?)",
-                [(i, landmark_id, e.astype(np.float32).tobytes(), time.time()) for i, e in zip(image_ids, embeddings)],
-            )
+    @staticmethod
+    def _insert_references(db: sqlite3.Connection, image_ids: list[str], landmark_id: int, embeddings: np.ndarray) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO added_references VALUES (?, ?, ?, ?)",
+            [(i, landmark_id, e.astype(np.float32).tobytes(), time.time()) for i, e in zip(image_ids, embeddings)],
+        )
 
     def landmarks(self) -> dict[int, str]:
         with self.connect() as db:
