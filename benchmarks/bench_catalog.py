@@ -7,7 +7,7 @@ For each size a synthetic train.csv shaped like GLDv2's (id of 16 hex characters
 sparse landmark ids; long-tailed counts: every landmark has at least one photo, the largest thousands)
 is written to a temporary folder by one process, then a fresh process measures, in that order:
 read_catalog, sample_top_landmarks(500 landmarks, 40 photos each) and stratified_split (70/20/10) over
-all rows. Peak memory is that process's max RSS (``ru_maxrss``); ``--tracemalloc`` also reports
+all rows. Peak memory is that process's peak RSS (VmHWM); ``--tracemalloc`` also reports
 Python's allocation peak, from a second measuring process (tracing slows every step down).
 No image is read: read_catalog never opens images.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from common import peak_rss_mb  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -60,7 +60,7 @@ def generate(rows: int, landmarks: int, out: Path, seed: int = 0, chunk: int = 5
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
+    return peak_rss_mb()
 
 
 def measure(folder: Path, use_tracemalloc: bool) -> dict:

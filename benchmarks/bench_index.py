@@ -23,7 +23,6 @@ import argparse
 import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from common import peak_rss_mb  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -99,8 +99,7 @@ def dataset(count: int, landmarks: int, dim: int, queries: int, seed: int = 0):
     return references, labels, query_photos, query_labels, stats
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
 
 
 def worker(spec: dict) -> dict:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import data_dir, write_section  # noqa: E402
+from common import data_dir, peak_rss_mb, write_section  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -88,7 +87,7 @@ def child(mode: str, run: Path, data: Path) -> None:
     paths = _paths(data)
     result = (plain_eager if mode == "eager" else fast)(run, paths)
     result["photos"] = len(paths)
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["peak_rss_mb"] = peak_rss_mb()
     print("RESULT " + json.dumps(result))
 
 

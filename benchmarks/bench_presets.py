@@ -61,8 +61,9 @@ def main() -> None:
         stored[preset] = (
             f"| {label} | {history} | {held_out.get('train_minutes', 0):.1f} | {wall_minutes:.1f} | {seconds_per_epoch:.1f} | "
             f"{images_per_second:.0f} | {result['accuracy']:.3f} | {result['top5_accuracy']:.3f} | {result['gap']:.3f} | "
-            f"{result.get('map_at_100', float('nan')):.3f} | {held_out.get('accuracy', float('nan')):.3f} / "
-            f"{held_out.get('gap', float('nan')):.3f} | {time.strftime('%Y-%m-%d %H:%M')} |"
+            f"{result.get('map_at_100', float('nan')):.3f} | "
+            + (f"{held_out['accuracy']:.3f} / {held_out['gap']:.3f}" if "gap" in held_out else "- (no held-out split)")
+            + f" | {time.strftime('%Y-%m-%d %H:%M')} |"
         )
         print(stored[preset], flush=True)
         if args.write:

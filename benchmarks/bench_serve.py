@@ -10,6 +10,7 @@ Without --run, a no-training EfficientNet-Lite0 run is built and exported to ONN
 from __future__ import annotations
 
 import argparse
+import json
 import socket
 import statistics
 import subprocess
@@ -71,11 +72,14 @@ def main() -> None:
     errors = sum(1 for r in results if r[1] != 200)
     p99 = latencies[int(0.99 * (len(latencies) - 1))]
     backend = "ONNX Runtime" if (run / "model.onnx").exists() else "PyTorch"
+    model = json.loads((run / "model.json").read_text())
+    references = json.loads((run / "index" / "index.json").read_text())["count"]
+    what = f"{model['config'].get('backbone', model['architecture'])} at {model['input_size_px']} px, {references:,} references"
     body = (
-        f"`landmarks serve` ({backend}) on loopback, {args.requests} `POST /predict` of landmarks-mini's query photos "
+        f"`landmarks serve` ({backend}, {what}) on loopback, {args.requests} `POST /predict` of landmarks-mini's query photos "
         f"at concurrency {args.concurrency}, after 10 warm-up requests; client and server share the 2 cores.\n\n"
         f"```\nLANDMARKS_DATA=../shared/data/landmarks-mini .venv/bin/python benchmarks/bench_serve.py --write"
-        f"{' --run ' + str(args.run) if args.run else ''}\n```\n\n"
+        f"{' --run RUN' if args.run else ''}\n```\n\n"
         "| requests | concurrency | errors | requests/s | p50 ms | p99 ms |\n|---|---|---|---|---|---|\n"
         f"| {args.requests} | {args.concurrency} | {errors} | {args.requests / seconds:.1f} | "
         f"{statistics.median(latencies):.0f} | {p99:.0f} |"

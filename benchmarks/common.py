@@ -34,3 +34,14 @@ def data_dir() -> Path:
     if not value or not Path(value).is_dir():
         raise SystemExit("set LANDMARKS_DATA to the landmarks-mini folder (e.g. ../shared/data/landmarks-mini)")
     return Path(value)
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM). Not ``ru_maxrss``: Linux carries that over from the parent
+    through fork and exec, so a child started by a big parent would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

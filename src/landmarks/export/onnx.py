@@ -75,20 +75,29 @@ class OnnxEmbedder:
         return embedding.astype(np.float32), logits.astype(np.float32)
 
 
-def _sample_photos(run_dir: Path, split: str, limit: int | None) -> tuple[list[str], np.ndarray]:
-    """Paths and landmark ids of a run's photos from split.csv (only those that could be read)."""
+def _sample_photos(run_dir: Path, split: str, limit: int | None) -> tuple[list[str], np.ndarray, list[str]]:
+    """Paths, landmark ids and image ids of a run's photos from split.csv (only those that could be read)."""
     frame = pd.read_csv(run_dir / "split.csv", dtype={"id": str})
     frame = frame[(frame["split"] == split) & frame["valid"]]
     if limit:
         frame = frame.head(limit)
-    return frame["path"].tolist(), frame["landmark_id"].to_numpy()
+    return frame["path"].tolist(), frame["landmark_id"].to_numpy(), frame["id"].tolist()
 
 
-def _split_metrics(run_dir: Path, backend_path: Path | None, paths: list[str], truth: np.ndarray) -> dict:
+def _split_metrics(run_dir: Path, backend_path: Path | None, paths: list[str], truth: np.ndarray,
+                   image_ids: list[str]) -> dict:
+    """Accuracy and GAP of photos searched against the run's other references (a photo never finds itself)."""
     from landmarks.evaluate.metrics import accuracy, global_average_precision
+    from landmarks.recognize.index import EmbeddingIndex
     from landmarks.recognize.recognizer import Recognizer
 
     recognizer = Recognizer.load(run_dir, backend="torch")
+    index = recognizer.index
+    if index is not None and index.index_type == "flat":
+        excluded = set(image_ids)
+        keep = np.array([i for i, image_id in enumerate(index.image_ids) if image_id not in excluded], dtype=np.int64)
+        vectors = np.vstack([index.index.reconstruct(int(i)) for i in keep])
+        recognizer.index = EmbeddingIndex.build(vectors, [index.image_ids[i] for i in keep], index.landmark_ids[keep], "flat")
     if backend_path is not None:
         recognizer.embedder = OnnxEmbedder(backend_path, tta_flip=recognizer.config.tta_flip)
     predictions, _ = recognizer.predict_paths(paths)
@@ -109,7 +118,7 @@ def export_run(run_dir: Path, quantize: str | None = None, check_photos: int = 3
     report: dict[str, object] = {"model.onnx": str(onnx_path), "size_mb": round(onnx_path.stat().st_size / 1e6, 2)}
     if not (run_dir / "split.csv").exists():
         raise DataError(f"{run_dir} has no split.csv, so the export cannot be checked on real photos.")
-    paths, _ = _sample_photos(run_dir, "val", check_photos)
+    paths = _sample_photos(run_dir, "val", check_photos)[0]
     if len(paths) < check_photos:
         paths += _sample_photos(run_dir, "train", check_photos - len(paths))[0]
     photos = np.stack([decode_image(p, model.input_size_px) for p in paths])
@@ -132,9 +141,9 @@ def export_run(run_dir: Path, quantize: str | None = None, check_photos: int = 3
         finally:
             logging.disable(logging.NOTSET)
         report["model.int8.onnx"] = f"{int8_path} ({int8_path.stat().st_size / 1e6:.2f} MB)"
-        paths, truth = _sample_photos(run_dir, "val", None)
-        fp32 = _split_metrics(run_dir, onnx_path, paths, truth)
-        int8 = _split_metrics(run_dir, int8_path, paths, truth)
+        paths, truth, image_ids = _sample_photos(run_dir, "val", None)
+        fp32 = _split_metrics(run_dir, onnx_path, paths, truth, image_ids)
+        int8 = _split_metrics(run_dir, int8_path, paths, truth, image_ids)
         report["validation_photos"] = len(paths)
         report["fp32 accuracy / GAP"] = f"{fp32['accuracy']:.4f} / {fp32['gap']:.4f}"
         report["int8 accuracy / GAP"] = f"{int8['accuracy']:.4f} / {int8['gap']:.4f}"
