@@ -49,3 +49,27 @@ def test_int8_export_reports_the_change_in_accuracy_and_gap(run: Path):
     report = export_run(run, quantize="int8", check_photos=4)
     assert (run / "model.int8.onnx").stat().st_size < (run / "model.onnx").stat().st_size
     assert "int8 change accuracy / GAP" in report and report["validation_photos"] > 0
+
+
+def test_same_padding_is_static_and_folded_into_the_convolutions(tmp_path: Path):
+    """timm's TF-style 'same' convs (EfficientNet-Lite) export without a run-time Pad: ONNX Runtime folds it."""
+    import onnxruntime as ort
+    import torch
+
+    from landmarks.config import ModelConfig
+    from landmarks.export.onnx import ExportWrapper, export_onnx
+    from landmarks.models.registry import build_model
+
+    model = build_model(ModelConfig(architecture="glr", backbone="tf_efficientnet_lite0", pretrained="none",
+                                    embedding_dim=64), num_classes=3, image_size_px=64).eval()
+    path = export_onnx(model, tmp_path / "model.onnx")
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    assert "Pad" not in {n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node}
+    photos = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    embedding, logits = session.run(["embedding", "logits"], {"images": photos})
+    with torch.inference_mode():
+        expected_embedding, expected_logits = ExportWrapper(model)(torch.from_numpy(photos))
+    assert np.abs(embedding - expected_embedding.numpy()).max() <= 1e-4
+    assert np.abs(logits - expected_logits.numpy()).max() <= 1e-3
