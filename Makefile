@@ -26,7 +26,7 @@ test-fast: install
 
 demo: install
 	@if [ -z "$(DATA)" ]; then \
-	  echo "make demo needs photos: DATA=DIR, a folder of class subfolders (DIR/<landmark name>/*.jpg) or a GLDv2/Kaggle folder with train.csv (e.g. DATA=../shared/data/landmarks-mini, or GLDv2 shards from .venv/bin/landmarks download gldv2 --split train --shards 0 --metadata --out DIR), or set LANDMARKS_DATA." >&2; \
+	  echo "make demo needs photos: DATA=DIR, a folder of class subfolders (DIR/<landmark name>/*.jpg) or a GLDv2/Kaggle folder with train.csv (e.g. DATA=../shared/data/landmarks-mini, or GLDv2: .venv/bin/landmarks download gldv2 --split train --shards 0-4 --metadata --out DIR, then landmarks sample --data DIR --classes 500 --per-class 40 --out DATA), or set LANDMARKS_DATA." >&2; \
 	  exit 2; fi
 	@test -d "$(DATA)" || { echo "make demo: DATA=$(DATA) is not a folder." >&2; exit 2; }
 	rm -rf $(RUN)

@@ -127,3 +127,27 @@ def test_corrupt_training_photo_is_skipped_and_counted(tiny_gldv2: Path, tmp_pat
     assert "skipped 1 unreadable images" in caplog.text
     split = pd.read_csv(run / "split.csv")
     assert (~split["valid"]).sum() == 1
+
+
+def test_sample_uses_only_the_photos_on_disk(tmp_path: Path, capsys: pytest.CaptureFixture):
+    """GLDv2's train.csv lists every shard; after downloading a few, sample from what is there."""
+    import pandas as pd
+
+    from conftest import build_tiny_gldv2
+
+    data = build_tiny_gldv2(tmp_path / "gld")
+    frame = pd.read_csv(data / "train.csv", dtype={"id": str})
+    gone = frame[frame["landmark_id"] == 7]["id"].tolist()[:10]  # landmark 7 keeps 2 of its 12 photos
+    for image_id in gone:
+        (data / "train" / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg").unlink()
+
+    assert main(["sample", "--data", str(data), "--classes", "4", "--per-class", "5", "--out", str(tmp_path / "s")]) == 0
+
+    sampled = pd.read_csv(tmp_path / "s" / "train.csv", dtype={"id": str})
+    assert not set(gone) & set(sampled["id"]) and all(Path(p).is_file() for p in sampled["path"])
+    assert sampled.groupby("landmark_id").size().to_dict() == {7: 2, 55: 5, 300: 5, 1042: 5}
+    for image_id in frame["id"]:
+        path = data / "train" / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg"
+        path.unlink(missing_ok=True)
+    assert main(["sample", "--data", str(data), "--classes", "4", "--per-class", "5", "--out", str(tmp_path / "t")]) == 2
+    assert "is on disk" in capsys.readouterr().err

@@ -116,11 +116,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from landmarks.data.catalog import read_catalog, write_catalog
+    from landmarks.data.catalog import on_disk, read_catalog, write_catalog
     from landmarks.data.sampling import sample_top_landmarks
+    from landmarks.errors import DataError
 
     catalog = read_catalog(_existing_dir(args.data))
     frame = catalog.frame[catalog.frame["landmark_id"] >= 0]
+    present = on_disk(frame)
+    if not present.any():
+        raise DataError(f"None of the {len(frame):,} photos listed in {args.data} is on disk (download some shards first).")
+    if not present.all():
+        log.info("%d of %d listed photos are not on disk (shards not downloaded?): sampling from the %d that are",
+                 (~present).sum(), len(frame), present.sum())
+        frame = frame[present]
     sampled = sample_top_landmarks(frame, args.classes, args.per_class, args.seed)
     names = {int(i): catalog.name_of(int(i)) for i in sampled["landmark_id"].unique()}
     write_catalog(sampled, names, Path(args.out))

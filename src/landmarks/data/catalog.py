@@ -176,6 +176,11 @@ def read_catalog(data_dir: str | Path, split: str = "train") -> Catalog:
     return catalog
 
 
+def on_disk(catalog_frame: pd.DataFrame) -> np.ndarray:
+    """Mask of the rows whose image file exists (GLDv2's train.csv lists all 500 shards; often few are downloaded)."""
+    return np.fromiter((os.path.isfile(p) for p in catalog_frame["path"]), dtype=bool, count=len(catalog_frame))
+
+
 def write_catalog(catalog_frame: pd.DataFrame, names: dict[int, str], out_dir: str | Path) -> Path:
     """A dataset that ``read_catalog`` reads back: train.csv (id,landmark_id,path; absolute paths, no image copied)
     and landmarks.csv (landmark_id,name)."""
