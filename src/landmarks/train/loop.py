@@ -102,6 +102,11 @@ def set_backbone_trainable(model: LandmarkModel, trainable: bool) -> None:
         parameter.requires_grad_(trainable)
 
 
+def _last_batch_of_one(count: int, batch_size: int) -> bool:
+    """True when an epoch would end on a batch of one photo, which BatchNorm cannot train on (it is dropped)."""
+    return count > batch_size and count % batch_size == 1
+
+
 class Trainer:
     """Runs epochs over a prepared dataset and keeps the run folder up to date."""
 
@@ -156,6 +161,7 @@ class Trainer:
             num_workers=cfg.train.workers,
             persistent_workers=False,
             generator=generator,
+            drop_last=train and _last_batch_of_one(len(sampler) if sampler is not None else len(dataset), cfg.train.batch_size),
         )
 
     def _features_of(self, split: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,6 +192,7 @@ class Trainer:
                 batch_size=self.config.train.batch_size,
                 shuffle=train,
                 generator=torch.Generator().manual_seed(self.config.train.seed + len(self.history)),
+                drop_last=train and _last_batch_of_one(len(labels), self.config.train.batch_size),
             )
         else:
             loader = self.loader(split, train)
