@@ -18,6 +18,11 @@ log = logging.getLogger("landmarks")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
+def _other_rank() -> bool:
+    """True in the processes other than rank 0 under torchrun: they train silently, rank 0 reports."""
+    return int(os.environ.get("RANK", "0")) > 0
+
+
 def _existing_dir(text: str) -> Path:
     path = Path(text)
     if not path.exists():
@@ -35,7 +40,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_dir = train(config, data, out, resume=args.resume)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports
+    if not _other_rank():
         _print_run_summary(run_dir)
     return 0
 
@@ -283,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from landmarks import utils
 
-    quiet = args.quiet or int(os.environ.get("RANK", "0")) > 0  # torchrun: the other ranks stay silent
+    quiet = args.quiet or _other_rank()
     utils.QUIET = quiet
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,

@@ -157,7 +157,7 @@ def _split_metrics(run_dir: Path, backend_path: Path | None, paths: list[str], t
     if index is not None and index.index_type == "flat":
         excluded = set(image_ids)
         keep = np.array([i for i, image_id in enumerate(index.image_ids) if image_id not in excluded], dtype=np.int64)
-        vectors = np.vstack([index.index.reconstruct(int(i)) for i in keep])
+        vectors = index.index.reconstruct_batch(keep)
         recognizer.index = EmbeddingIndex.build(vectors, [index.image_ids[i] for i in keep], index.landmark_ids[keep], "flat")
     if backend_path is not None:
         recognizer.embedder = OnnxEmbedder(backend_path, tta_flip=recognizer.config.tta_flip)

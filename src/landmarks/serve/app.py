@@ -95,10 +95,10 @@ class Service:
             recognizer.names[landmark_id] = name
             self.enrolled.add(landmark_id)
         dim = recognizer.index.dim if recognizer.index is not None else None
-        rows = [r for r in store.references() if dim is None or len(r[2]) == dim]
-        if len(rows) < len(store.references()):
-            log.warning("skipped %d stored references whose embedding size does not match the model",
-                        len(store.references()) - len(rows))
+        stored = store.references()
+        rows = [r for r in stored if dim is None or len(r[2]) == dim]
+        if len(rows) < len(stored):
+            log.warning("skipped %d stored references whose embedding size does not match the model", len(stored) - len(rows))
         for landmark_id in sorted({r[1] for r in rows}):
             mine = [r for r in rows if r[1] == landmark_id]
             self.add_references(np.stack([r[2] for r in mine]), [r[0] for r in mine], landmark_id)
