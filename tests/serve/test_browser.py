@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import shutil
 import socket
 import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from serve.test_app import jpeg
@@ -33,9 +35,10 @@ def server(tiny_run_dir: Path, tmp_path: Path):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(200):
-        if server.started:
+        if server.started or not thread.is_alive():
             break
         time.sleep(0.05)
+    assert server.started, "the test server did not start"
     yield f"http://127.0.0.1:{port}"
     server.should_exit = True
     thread.join(timeout=10)
@@ -65,7 +68,8 @@ def test_upload_predict_enrol_and_recognise_in_chromium(server: str, tmp_path: P
         page.wait_for_selector("#bars .bar")
         assert page.locator("#bars .bar").count() >= 2
         first_answer = page.text_content("#answer")
-        assert first_answer
+        first_top = page.text_content("#bars .bar .label span")
+        assert first_answer and first_top
 
         page.fill("#enrol-name", "Purple Palace")
         page.set_input_files("#enrol-files", enrol_photos)
@@ -79,5 +83,19 @@ def test_upload_predict_enrol_and_recognise_in_chromium(server: str, tmp_path: P
         page.select_option("#correct-landmark", label="Purple Palace")
         page.click("#send-correction")
         page.wait_for_function("document.getElementById('feedback-status').textContent.startsWith('Thanks')")
+        assert httpx.get(server + "/health").json()["feedback"] == 1
+
+        page.evaluate(  # drag and drop the first photo again onto the drop zone
+            """(b64) => {
+                const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+                const transfer = new DataTransfer();
+                transfer.items.add(new File([bytes], 'dropped.jpg', {type: 'image/jpeg'}));
+                document.getElementById('drop').dispatchEvent(
+                    new DragEvent('drop', {dataTransfer: transfer, bubbles: true, cancelable: true}));
+            }""",
+            base64.b64encode(red.read_bytes()).decode(),
+        )
+        page.wait_for_function("(expected) => document.querySelector('#bars .bar .label span')?.textContent === expected",
+                               arg=first_top)  # the top candidate was Purple Palace until the drop was recognised
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         browser.close()
