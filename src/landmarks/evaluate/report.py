@@ -150,7 +150,6 @@ def finish_run(run_dir: Path, config: Config, data: "PreparedData", model: "Land
         np.concatenate([r[1] for r in references]), data.frame["id"].to_numpy()[positions].tolist(),
         data.frame["landmark_id"].to_numpy()[positions], index_type=config.recognize.index_type,
     )
-    index.save(run_dir / "index")
     recognizer = Recognizer(embedder, data.landmark_ids, data.names, index, config.recognize, run_dir,
                             logit_scale_of(dataclasses.asdict(config.model)))
     if config.recognize.calibrate and len(splits["val"][0]):
@@ -170,7 +169,7 @@ def finish_run(run_dir: Path, config: Config, data: "PreparedData", model: "Land
         write_report(run_dir / "evaluation" / "held-out", predictions, true, data.names, result)
         # measured: now every training photo becomes a reference, the held-out ones included
         index.add(embeddings, data.frame["id"].to_numpy()[test].tolist(), true)
-        index.save(run_dir / "index")
+    index.save(run_dir / "index")
     result["references"] = len(index)
     result["train_minutes"] = float(history["seconds"].sum() / 60) if len(history) else 0.0
     has_val_loss = len(history) and history["val_loss"].notna().any()

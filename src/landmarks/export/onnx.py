@@ -7,6 +7,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from landmarks.errors import DataError
+
+if TYPE_CHECKING:
+    from landmarks.recognize.recognizer import Recognizer
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +148,7 @@ def quantize_int8(onnx_path: Path, out_path: Path, calibration: np.ndarray, batc
     """Static int8 quantization (QDQ, per-channel weights, activation ranges from ``calibration`` photos).
 
     ONNX Runtime recommends static quantization for CNNs: dynamic quantization left validation accuracy of a
-    glr run 3.5 points lower, static changes it by a fraction of that (benchmarks/RESULTS.md).
+    glr run 3.5 points lower, static left it unchanged (benchmarks/RESULTS.md).
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -178,10 +182,11 @@ def _sample_photos(run_dir: Path, split: str, limit: int | None) -> tuple[list[s
     return frame["path"].tolist(), frame["landmark_id"].to_numpy(), frame["id"].tolist()
 
 
-def _split_metrics(run_dir: Path, backend_path: Path | None, paths: list[str], truth: np.ndarray,
-                   image_ids: list[str]) -> dict:
-    """Accuracy and GAP of photos searched against the run's other references (a photo never finds itself)."""
-    from landmarks.evaluate.metrics import accuracy, global_average_precision
+def _recognizer_without(run_dir: Path, image_ids: list[str]) -> "Recognizer":
+    """The run's Recognizer (PyTorch) whose index leaves out these photos, so that none of them finds itself.
+
+    Only a flat index can hand its vectors back; an IVF index is kept whole (its figures are then optimistic).
+    """
     from landmarks.recognize.index import EmbeddingIndex
     from landmarks.recognize.recognizer import Recognizer
 
@@ -190,10 +195,16 @@ def _split_metrics(run_dir: Path, backend_path: Path | None, paths: list[str], t
     if index is not None and index.index_type == "flat":
         excluded = set(image_ids)
         keep = np.array([i for i, image_id in enumerate(index.image_ids) if image_id not in excluded], dtype=np.int64)
-        vectors = index.index.reconstruct_batch(keep)
-        recognizer.index = EmbeddingIndex.build(vectors, [index.image_ids[i] for i in keep], index.landmark_ids[keep], "flat")
-    if backend_path is not None:
-        recognizer.embedder = OnnxEmbedder(backend_path, tta_flip=recognizer.config.tta_flip)
+        recognizer.index = EmbeddingIndex.build(index.index.reconstruct_batch(keep), [index.image_ids[i] for i in keep],
+                                                index.landmark_ids[keep], "flat")
+    return recognizer
+
+
+def _split_metrics(recognizer: "Recognizer", onnx_path: Path, paths: list[str], truth: np.ndarray) -> dict:
+    """Accuracy and GAP of these photos with ``onnx_path`` as the recognizer's embedder."""
+    from landmarks.evaluate.metrics import accuracy, global_average_precision
+
+    recognizer.embedder = OnnxEmbedder(onnx_path, tta_flip=recognizer.config.tta_flip)
     predictions, _ = recognizer.predict_paths(paths)
     predicted = np.array([p.landmark_id if p else -1 for p in predictions])
     confidence = np.array([p.confidence if p else 0.0 for p in predictions])
@@ -232,8 +243,9 @@ def export_run(run_dir: Path, quantize: str | None = None, check_photos: int = 3
         report["model.int8.onnx"] = f"{int8_path} ({int8_path.stat().st_size / 1e6:.2f} MB)"
         report["calibration_photos"] = len(calibration)
         paths, truth, image_ids = _sample_photos(run_dir, "val", None)
-        fp32 = _split_metrics(run_dir, onnx_path, paths, truth, image_ids)
-        int8 = _split_metrics(run_dir, int8_path, paths, truth, image_ids)
+        recognizer = _recognizer_without(run_dir, image_ids)
+        fp32 = _split_metrics(recognizer, onnx_path, paths, truth)
+        int8 = _split_metrics(recognizer, int8_path, paths, truth)
         report["validation_photos"] = len(paths)
         report["fp32 accuracy / GAP"] = f"{fp32['accuracy']:.4f} / {fp32['gap']:.4f}"
         report["int8 accuracy / GAP"] = f"{int8['accuracy']:.4f} / {int8['gap']:.4f}"
