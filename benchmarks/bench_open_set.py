@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import data_dir, write_section  # noqa: E402
+from common import add_preset_run_arguments, preset_run_setup, write_section  # noqa: E402
 
 from landmarks.config import load_config  # noqa: E402
 from landmarks.data.catalog import read_catalog, write_catalog  # noqa: E402
@@ -60,16 +58,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["baseline-knn", "glr"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[7, 8])
-    parser.add_argument("--override", nargs="+", action="append", default=[], metavar=("PRESET", "KEY=VALUE"))
-    parser.add_argument("--keep", help="keep the proxy datasets and run folders under this folder")
-    parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    add_preset_run_arguments(parser)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    data = data_dir()
-    overrides: dict[str, list[str]] = {}
-    for preset, *items in args.override:
-        overrides.setdefault(preset, []).extend(items)
-    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-open-set-"))
+    data, overrides, root = preset_run_setup(args, "bench-open-set-")
     rows, splits = [], {}
     for seed in args.seeds:
         proxy = root / f"proxy-{seed}"

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import data_dir, write_section  # noqa: E402
+from common import add_preset_run_arguments, preset_run_setup, write_section  # noqa: E402
 
 from landmarks.config import load_config  # noqa: E402
 from landmarks.evaluate.report import evaluate_run  # noqa: E402
@@ -31,16 +29,9 @@ STORE = Path(__file__).parent / "presets_results.json"  # one row per preset, so
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=DEFAULT_PRESETS)
-    parser.add_argument("--override", nargs="+", action="append", default=[], metavar=("PRESET", "KEY=VALUE"))
-    parser.add_argument("--keep", help="keep the run folders under this folder")
-    parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    add_preset_run_arguments(parser)
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    data = data_dir()
-    overrides: dict[str, list[str]] = {}
-    for preset, *items in args.override:
-        overrides.setdefault(preset, []).extend(items)
-    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench-presets-"))
+    data, overrides, root = preset_run_setup(args, "bench-presets-")
     stored = json.loads(STORE.read_text()) if STORE.exists() else {}
     for preset in args.presets:
         run_dir = root / preset

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
 import platform
+import tempfile
 import re
 import time
 from pathlib import Path
@@ -45,3 +48,20 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def add_preset_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """--override PRESET KEY=VALUE..., --keep DIR and --write, shared by the benchmarks that train presets."""
+    parser.add_argument("--override", nargs="+", action="append", default=[], metavar=("PRESET", "KEY=VALUE"))
+    parser.add_argument("--keep", help="keep the run folders (and any dataset built) under this folder")
+    parser.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
+
+
+def preset_run_setup(args: argparse.Namespace, prefix: str) -> tuple[Path, dict[str, list[str]], Path]:
+    """Logging on; (LANDMARKS_DATA, overrides per preset, the folder for run folders)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    overrides: dict[str, list[str]] = {}
+    for preset, *items in args.override:
+        overrides.setdefault(preset, []).extend(items)
+    root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix=prefix))
+    return data_dir(), overrides, root
