@@ -72,8 +72,8 @@ def main() -> None:
             train(load_config(preset, overrides.get(preset, [])), proxy, run_dir)
             wall = (time.monotonic() - started) / 60
             result, _ = evaluate_run(run_dir, proxy, backend="torch")
-            held_out = json.loads((run_dir / "metrics.json").read_text())
-            rows.append({"preset": preset, "seed": seed, "train_minutes": held_out.get("train_minutes", 0.0),
+            run_metrics = json.loads((run_dir / "metrics.json").read_text())
+            rows.append({"preset": preset, "seed": seed, "train_minutes": run_metrics.get("train_minutes", 0.0),
                          "wall_minutes": wall, **{k: result.get(k, float("nan")) for k in
                          ("accuracy", "top5_accuracy", "gap", "map_at_100", "mean_confidence_landmark",
                           "mean_confidence_non_landmark")}})

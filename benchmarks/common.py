@@ -6,8 +6,8 @@ import argparse
 import logging
 import os
 import platform
-import tempfile
 import re
+import tempfile
 import time
 from pathlib import Path
 
