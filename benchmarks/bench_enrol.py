@@ -27,7 +27,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from landmarks.config import load_config  # noqa: E402
 from landmarks.data.catalog import read_catalog, write_catalog  # noqa: E402
 from landmarks.serve.app import create_app  # noqa: E402
-from landmarks.train.loop import train  # noqa: E402
+from landmarks.train.run import train  # noqa: E402
 
 TITLE = "Teaching new landmarks through the web service (bench_enrol.py, {preset})"
 

@@ -95,7 +95,7 @@ def ensure_run(run: Path | None, data: Path) -> Path:
     """A run folder with model.onnx: the given one, or a no-training EfficientNet-Lite0 run."""
     from landmarks.config import load_config
     from landmarks.export.onnx import export_run
-    from landmarks.train.loop import train
+    from landmarks.train.run import train
 
     if run is None:
         run = Path(tempfile.mkdtemp(prefix="bench-inference-")) / "baseline-knn"

@@ -19,7 +19,7 @@ from common import add_preset_run_arguments, preset_run_setup, write_section  # 
 
 from landmarks.config import load_config  # noqa: E402
 from landmarks.evaluate.report import evaluate_run  # noqa: E402
-from landmarks.train.loop import train  # noqa: E402
+from landmarks.train.run import train  # noqa: E402
 
 DEFAULT_PRESETS = ["baseline-knn", "seed-cnn-faithful", "seed-cnn", "glr"]
 ORDER = ["baseline-knn", "seed-cnn-faithful", "seed-cnn", "seed-resnet152", "glr"]

@@ -77,7 +77,7 @@ def build_tiny_gldv2(root: Path) -> Path:
 def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained run folder (seed CNN at 32 px, 2 epochs) over a tiny dataset, shared by a test session."""
     from landmarks.config import load_config
-    from landmarks.train.loop import train
+    from landmarks.train.run import train
 
     root = tmp_path_factory.mktemp("tiny-run")
     data = build_tiny_gldv2(root / "gld")

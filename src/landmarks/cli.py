@@ -15,7 +15,7 @@ from landmarks.errors import LandmarksError
 
 log = logging.getLogger("landmarks")
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+BACKENDS = ("auto", "onnx", "torch")  # how a run's model runs (landmarks.recognize.embed.load_embedder)
 
 
 def _other_rank() -> bool:
@@ -34,7 +34,7 @@ def _existing_dir(text: str) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from landmarks.config import load_config
-    from landmarks.train.loop import train
+    from landmarks.train.run import train
 
     data = _existing_dir(args.data)
     config = load_config(args.config, args.overrides)
@@ -71,6 +71,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _collect_images(paths: Sequence[str]) -> list[Path]:
+    from landmarks.data.catalog import IMAGE_SUFFIXES
+
     images: list[Path] = []
     for text in paths:
         path = Path(text)
@@ -121,22 +123,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from landmarks.data.catalog import on_disk, read_catalog, write_catalog
-    from landmarks.data.sampling import sample_top_landmarks
-    from landmarks.errors import DataError
+    from landmarks.data.sampling import sample_dataset
 
-    catalog = read_catalog(_existing_dir(args.data))
-    frame = catalog.frame[catalog.frame["landmark_id"] >= 0]
-    present = on_disk(frame)
-    if not present.any():
-        raise DataError(f"None of the {len(frame):,} photos listed in {args.data} is on disk (download some shards first).")
-    if not present.all():
-        log.info("%d of %d listed photos are not on disk (shards not downloaded?): sampling from the %d that are",
-                 (~present).sum(), len(frame), present.sum())
-        frame = frame[present]
-    sampled = sample_top_landmarks(frame, args.classes, args.per_class, args.seed)
-    names = {int(i): catalog.name_of(int(i)) for i in sampled["landmark_id"].unique()}
-    write_catalog(sampled, names, Path(args.out))
+    sampled = sample_dataset(_existing_dir(args.data), args.classes, args.per_class, Path(args.out), args.seed)
     print(f"wrote {len(sampled)} photos of {sampled['landmark_id'].nunique()} landmarks to {args.out} (images not copied)")
     return 0
 
@@ -157,22 +146,14 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from landmarks.recognize.recognizer import load_embedder
-    from landmarks.recognize.sharded import embed_shard, merge_shards
+    from landmarks.recognize.embed import load_embedder
+    from landmarks.recognize.sharded import add_non_landmarks, embed_shard, merge_shards
 
     run = _existing_dir(args.run)
     if args.non_landmarks:
-        from landmarks.recognize.embed import embed_paths
-        from landmarks.recognize.index import EmbeddingIndex
-
-        photos = _collect_images([args.non_landmarks])
-        embeddings, _, valid, failures = embed_paths(load_embedder(run, args.backend), photos, desc="non-landmarks")
-        index = EmbeddingIndex.load(run / "index")
-        kept = [f"non-landmark:{p.name}" for p, ok in zip(photos, valid) if ok]
-        index.add(embeddings, kept, [-1] * len(kept))
-        index.save(run / "index")
-        print(f"added {len(kept)} non-landmark reference photos to {run / 'index'}"
-              + (f" ({len(failures)} unreadable skipped)" if failures else ""))
+        added, skipped = add_non_landmarks(run, _existing_dir(args.non_landmarks), args.backend)
+        print(f"added {added} non-landmark reference photos to {run / 'index'}"
+              + (f" ({skipped} unreadable skipped)" if skipped else ""))
         return 0
     if args.merge:
         index = merge_shards([Path(f) for f in args.merge], args.index_type)
@@ -201,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info logs")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    backend = argparse.ArgumentParser(add_help=False)  # shared by every verb that runs the model
+    backend.add_argument("--backend", default="auto", choices=BACKENDS,
+                         help="auto (ONNX Runtime when model.onnx exists), onnx or torch")
 
     p = sub.add_parser("train", help="train a model and write a run folder")
     p.add_argument("--data", required=True, help="GLDv2/Kaggle folder (train.csv) or class folders")
@@ -210,41 +194,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.epochs=5")
     p.set_defaults(func=cmd_train)
 
-    backend_help = "auto (ONNX Runtime when model.onnx exists), onnx or torch"
-    p = sub.add_parser("evaluate", help="accuracy, GAP, mAP@100 on DIR's test.csv + *_solution.csv")
+    p = sub.add_parser("evaluate", parents=[backend], help="accuracy, GAP, mAP@100 on DIR's test.csv + *_solution.csv")
     p.add_argument("run")
     p.add_argument("--data", required=True)
-    p.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"), help=backend_help)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="top-k landmarks for photos or folders of photos")
+    p = sub.add_parser("predict", parents=[backend], help="top-k landmarks for photos or folders of photos")
     p.add_argument("run")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--json", action="store_true", help="one JSON object per photo (JSON lines)")
     p.add_argument("--out", help="write predictions to a .csv or .jsonl file instead of stdout")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"), help=backend_help)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("submit", help="Kaggle submission.csv for DIR's test.csv")
+    p = sub.add_parser("submit", parents=[backend], help="Kaggle submission.csv for DIR's test.csv")
     p.add_argument("run")
     p.add_argument("--data", required=True)
     p.add_argument("--out", default="submission.csv")
-    p.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"), help=backend_help)
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("export", help="write model.onnx into the run folder and verify it")
     p.add_argument("run")
-    p.add_argument("--format", default="onnx", choices=("onnx",))
     p.add_argument("--quantize", choices=("int8",), help="also write an int8 model (model.int8.onnx) and report its accuracy")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("serve", help="web page and REST API over a run")
+    p = sub.add_parser("serve", parents=[backend], help="web page and REST API over a run")
     p.add_argument("run")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"), help=backend_help)
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("sample", help="the K most frequent landmarks, at most N photos each, as a new dataset")
@@ -265,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=4, help="shards fetched in parallel")
     p.set_defaults(func=cmd_download)
 
-    p = sub.add_parser("index", help="embed reference photos in shards (one per worker) and merge them into the run's index")
+    p = sub.add_parser("index", parents=[backend], help="embed reference photos in shards (one per worker) and merge them into the run's index")
     p.add_argument("run")
     p.add_argument("--data", help="photos to embed (train.csv or class folders)")
     p.add_argument("--shard", type=int, default=0, help="this worker's shard, 0 to N-1")
@@ -275,7 +253,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--non-landmarks", metavar="DIR",
                    help="add DIR's photos (showing no known landmark) to RUN/index: close matches lower a query's confidence")
     p.add_argument("--index-type", default="auto", choices=("auto", "flat", "ivf", "ivfpq"))
-    p.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"), help=backend_help)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("presets", help="list the shipped presets")
@@ -286,10 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from landmarks import utils
+    from landmarks.utils import set_quiet
 
     quiet = args.quiet or _other_rank()
-    utils.QUIET = quiet
+    set_quiet(quiet)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
         format="%(message)s",

@@ -1,34 +1,42 @@
-"""Typed configuration: defaults in code, a preset YAML on top, ``key=value`` overrides on top of that."""
+"""Typed configuration: defaults in code, a preset YAML on top, ``key=value`` overrides on top of that.
+
+Each section is a pydantic model: values from YAML or the command line are coerced to the annotated type, and a
+wrong key or value is refused with one sentence. Allowed names of architectures, heads and poolings are read from
+the models' registries, so they are written once.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import subprocess
-from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from types import UnionType
-from typing import Any, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from landmarks.errors import ConfigError
+from landmarks.models.pooling import POOLING
+from landmarks.models.registry import ARCHITECTURES, HEADS
+from landmarks.models.spec import ModelConfig, Section
+from landmarks.utils import atomic_write_text
+
+IndexType = Literal["auto", "flat", "ivf", "ivfpq"]
 
 
-@dataclass
-class DataConfig:
+class DataConfig(Section):
     """What to read and how to split it."""
 
-    image_size_px: int = 128
+    image_size_px: int = Field(128, ge=16)
     top_classes: int | None = None  # keep the K most frequent landmarks (None: all)
     max_per_class: int | None = None  # at most N photos per landmark (None: all)
-    val_fraction: float = 0.2
-    test_fraction: float = 0.1
+    val_fraction: float = Field(0.2, ge=0, lt=1)
+    test_fraction: float = Field(0.1, ge=0, lt=1)
     cache_dir: str | None = None  # None: $LANDMARKS_CACHE or ~/.cache/landmarks
+    non_landmarks: str | None = None  # a folder of photos that show no landmark (references -1 and calibration)
 
 
-@dataclass
-class AugmentConfig:
+class AugmentConfig(Section):
     """On-the-fly training augmentation (each part off when 0 / False)."""
 
     enabled: bool = True
@@ -40,44 +48,20 @@ class AugmentConfig:
     zoom: float = 0.0  # scale range 1 +- zoom
     translate: float = 0.0  # fraction of width/height
     crop_scale_min: float = 1.0  # < 1: random resized crop with area scale in [min, 1]
-    fill: str = "reflect"  # what rotation/zoom/translation uncover: reflect (Keras' default) or black
+    fill: Literal["reflect", "black"] = "reflect"  # what rotation/zoom/translation uncover
 
 
-@dataclass
-class ModelConfig:
-    """Architecture: seed_cnn (from scratch), classifier (backbone + dense head) or glr (GeM + ArcFace)."""
-
-    architecture: str = "seed_cnn"
-    backbone: str = ""  # any timm model name
-    pretrained: str = "none"  # none | imagenet (offline sources only) | hub (explicit download) | /path/to/weights
-    mean: tuple[float, float, float] | None = None  # None: from the backbone (seed_cnn: 0, i.e. inputs in [0, 1])
-    std: tuple[float, float, float] | None = None
-    pooling: str = "avg"  # avg | gem
-    gem_p: float = 3.0
-    embedding_dim: int = 512  # neck / dense layer width
-    dropout: float = 0.5
-    dense_l2: float = 1e-4  # seed_cnn: L2 on the 512-unit dense layer (Keras kernel_regularizer)
-    dropout_before_batchnorm: bool = True  # seed_cnn: the seed's Dense -> Dropout -> BatchNorm order
-    batchnorm_momentum: float = 0.99  # seed_cnn, Keras convention: moving = m * moving + (1 - m) * batch
-    head: str = "softmax"  # softmax | arcface
-    arcface_scale: float = 30.0
-    arcface_subcenters: int = 3
-    arcface_margin_min: float = 0.05  # radians; per-class margin = min + range * normalised(count^-1/4)
-    arcface_margin_range: float = 0.45
-
-
-@dataclass
-class TrainConfig:
+class TrainConfig(Section):
     """Optimisation."""
 
     epochs: int = 100
     batch_size: int = 256
     lr: float = 5e-4
-    optimizer: str = "adam"  # adam | adamw | sgd
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
     weight_decay: float = 0.0
-    scheduler: str = "none"  # none | cosine
+    scheduler: Literal["none", "cosine"] = "none"
     early_stopping_patience: int = 10  # epochs without improvement of the monitored value; 0: off
-    monitor: str = "val_loss"  # val_loss | val_accuracy
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
     class_weighting: bool = False  # weight the loss by inverse class frequency
     oversample: bool = False  # draw batches with a class-balanced sampler
     freeze_backbone_epochs: int = 0  # glr/classifier: train only the head for this many epochs (-1: always)
@@ -91,38 +75,57 @@ class TrainConfig:
     seed: int = 42
 
 
-@dataclass
-class RecognizeConfig:
+class RecognizeConfig(Section):
     """How the Recognizer turns embeddings and logits into one confidence per landmark."""
 
     knn_k: int = 10  # neighbours read from the index
-    knn_weight: float = 0.5  # fused score = knn_weight * knn + (1 - knn_weight) * classifier
-    index_type: str = "auto"  # auto | flat | ivf | ivfpq
+    knn_weight: float = Field(0.5, ge=0, le=1)  # fused score = knn_weight * knn + (1 - knn_weight) * classifier
+    index_type: IndexType = "auto"
     top_k: int = 5
     non_landmark_penalty: float = 1.0  # how hard a close non-landmark reference photo pulls the confidence down
     min_confidence: float = 0.3  # below this a prediction is shown as "no known landmark" (GAP still ranks it)
+    target_precision: float = Field(0.95, gt=0, le=1)  # calibration: min_confidence for this precision of known answers
     show_neighbours: int = 5  # nearest reference photos reported with each prediction
     tta_flip: bool = False  # average the embedding of the photo and its mirror image
-    classifier_score: str = "auto"  # auto (cosine for ArcFace heads, else softmax) | cosine | softmax
+    classifier_score: Literal["auto", "cosine", "softmax"] = "auto"  # auto: cosine for ArcFace heads, else softmax
     calibrate: bool = False  # after training, choose knn_weight by GAP on the validation split (vs training photos)
 
 
-@dataclass
-class Config:
+class Config(BaseModel):
     """The whole, resolved configuration of a run."""
 
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
     name: str = "custom"
-    data: DataConfig = field(default_factory=DataConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    recognize: RecognizeConfig = field(default_factory=RecognizeConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    recognize: RecognizeConfig = Field(default_factory=RecognizeConfig)
+
+    @field_validator("model")
+    @classmethod
+    def _known_model_parts(cls, model: ModelConfig) -> ModelConfig:
+        for key, value, allowed in (("architecture", model.architecture, ARCHITECTURES),
+                                    ("head", model.head, HEADS), ("pooling", model.pooling, POOLING)):
+            if value not in allowed:
+                raise ValueError(f"model.{key}={value!r} is not one of {', '.join(allowed)}")
+        if model.architecture != "seed_cnn" and not model.backbone:
+            raise ValueError(f"model.backbone must name a timm model for architecture {model.architecture}")
+        return model
+
+    @model_validator(mode="after")
+    def _fractions(self) -> "Config":
+        if self.data.val_fraction + self.data.test_fraction >= 1:
+            raise ValueError("data.val_fraction + data.test_fraction must be in [0, 1)")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump(mode="json")
 
 
-SECTIONS = ("data", "augment", "model", "train", "recognize")
+SECTIONS: dict[str, type[Section]] = {name: Config.model_fields[name].annotation for name in  # type: ignore[misc]
+                                      ("data", "augment", "model", "train", "recognize")}
 
 
 def preset_names() -> list[str]:
@@ -131,122 +134,86 @@ def preset_names() -> list[str]:
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Turn a YAML or command-line value into the annotated type (``int | None``, ``bool``, ``tuple[float, ...]``...)."""
-    args = [a for a in get_args(annotation) if a is not type(None)] if get_origin(annotation) in (Union, UnionType) else []
-    optional = bool(args) and type(None) in get_args(annotation)
-    base = args[0] if args else annotation
-    label = getattr(base, "__name__", str(base)) + (" or none" if optional else "")
-    if base is str and value is not None:
-        return str(value)
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-        if optional:
-            return None
-        raise ConfigError(f"{key} may not be empty.")
+def _read_tree(preset_or_path: str) -> tuple[dict[str, Any], str | None]:
+    """The YAML mapping of a preset name or a .yaml file, and the preset's name (None for a file)."""
+    path = Path(preset_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise ConfigError(f"Config file {path} does not exist.")
+        text, name = path.read_text(), None
+    elif preset_or_path in preset_names():
+        text, name = (resources.files("landmarks") / "configs" / f"{preset_or_path}.yaml").read_text(), preset_or_path
+    else:
+        raise ConfigError(f"Unknown preset {preset_or_path!r}; choose one of {', '.join(preset_names())} or give a .yaml file.")
     try:
-        if get_origin(base) is tuple:
-            items = value if isinstance(value, (list, tuple)) else str(value).strip("()[] ").split(",")
-            return tuple(float(v) for v in items)
-        if base is bool:
-            if isinstance(value, bool):
-                return value
-            lowered = str(value).lower()
-            if lowered in ("true", "1", "yes", "on"):
-                return True
-            if lowered in ("false", "0", "no", "off"):
-                return False
-            raise ValueError(value)
-        if base is int:
-            number = float(value)
-            if number != int(number):
-                raise ValueError(value)
-            return int(number)
-        if base is float:
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key}={value!r} is not a valid {label}.") from None
+        tree = yaml.safe_load(text) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"Config {preset_or_path} is not valid YAML: {error}.") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"Config {preset_or_path} must be a mapping of sections to keys.")
+    return tree, name
 
 
-def _apply(config: Config, section: str, key: str, value: Any) -> None:
+def _set(tree: dict[str, Any], section: str, key: str, value: Any) -> None:
+    """Put one value into the tree, refusing unknown sections and keys by name."""
+    if section == "name" and not key:
+        tree["name"] = str(value)
+        return
     if section not in SECTIONS:
-        if section == "name" and key == "":
-            config.name = str(value)
-            return
         raise ConfigError(f"Unknown config section {section!r}; expected one of {', '.join(SECTIONS)}.")
-    target = getattr(config, section)
-    hints = get_type_hints(type(target))
-    if key not in hints:
-        raise ConfigError(f"Unknown config key {section}.{key}; valid keys: {', '.join(sorted(hints))}.")
-    setattr(target, key, _coerce(value, hints[key], f"{section}.{key}"))
+    fields = SECTIONS[section].model_fields
+    if key not in fields:
+        raise ConfigError(f"Unknown config key {section}.{key}; valid keys: {', '.join(sorted(fields))}.")
+    tree.setdefault(section, {})[key] = value
 
 
-def _merge(config: Config, tree: dict[str, Any]) -> None:
-    for section, values in tree.items():
-        if section == "name":
-            config.name = str(values)
-            continue
-        if section in ("git_commit",):
-            continue
-        if not isinstance(values, dict):
-            raise ConfigError(f"Config section {section!r} must be a mapping of keys to values.")
-        for key, value in values.items():
-            _apply(config, section, key, value)
+def _message(error: ValidationError) -> str:
+    """One sentence for the first problem pydantic found."""
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"])
+    value = first.get("input")
+    kind = first["type"]
+    if kind == "value_error":
+        return first["msg"].removeprefix("Value error, ") + "."
+    if kind == "literal_error":
+        return f"{key}={value!r} is not one of {first['ctx']['expected'].replace(' or ', ', ').replace(chr(39), '')}."
+    if kind in ("int_parsing", "int_from_float", "int_type"):
+        return f"{key}={value!r} is not a valid int."
+    if kind in ("float_parsing", "float_type"):
+        return f"{key}={value!r} is not a valid float."
+    if kind in ("bool_parsing", "bool_type"):
+        return f"{key}={value!r} is not a valid bool (true or false)."
+    return f"{key}={value!r}: {first['msg'].lower()}."
 
 
 def load_config(preset_or_path: str | None = "seed-cnn", overrides: list[str] | None = None) -> Config:
     """Defaults, then a preset name or YAML file, then ``section.key=value`` overrides."""
-    config = Config()
+    tree: dict[str, Any] = {}
     if preset_or_path:
-        path = Path(preset_or_path)
-        if path.suffix in (".yaml", ".yml"):
-            if not path.is_file():
-                raise ConfigError(f"Config file {path} does not exist.")
-            text = path.read_text()
-        else:
-            if preset_or_path not in preset_names():
-                raise ConfigError(
-                    f"Unknown preset {preset_or_path!r}; choose one of {', '.join(preset_names())} or give a .yaml file."
-                )
-            text = (resources.files("landmarks") / "configs" / f"{preset_or_path}.yaml").read_text()
-            config.name = preset_or_path
-        try:
-            tree = yaml.safe_load(text) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"Config {preset_or_path} is not valid YAML: {error}.") from None
-        _merge(config, tree)
+        loaded, name = _read_tree(preset_or_path)
+        tree["name"] = str(loaded.pop("name", name or "custom"))
+        loaded.pop("git_commit", None)
+        for section, values in loaded.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"Config section {section!r} must be a mapping of keys to values.")
+            for key, value in values.items():
+                _set(tree, section, key, value)
     for item in overrides or []:
         if "=" not in item:
             raise ConfigError(f"Override {item!r} must look like section.key=value (e.g. train.epochs=5).")
         dotted, value = item.split("=", 1)
         section, _, key = dotted.strip().partition(".")
-        _apply(config, section, key, yaml.safe_load(value) if value else None)
-    validate(config)
-    return config
+        _set(tree, section, key, yaml.safe_load(value) if value else None)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as error:
+        raise ConfigError(_message(error)) from None
 
 
-def validate(config: Config) -> None:
-    """Reject values that cannot work, with one sentence each."""
-    choices = {
-        "augment.fill": (config.augment.fill, ("reflect", "black")),
-        "model.architecture": (config.model.architecture, ("seed_cnn", "classifier", "glr")),
-        "model.pooling": (config.model.pooling, ("avg", "gem")),
-        "model.head": (config.model.head, ("softmax", "arcface")),
-        "train.optimizer": (config.train.optimizer, ("adam", "adamw", "sgd")),
-        "train.scheduler": (config.train.scheduler, ("none", "cosine")),
-        "train.monitor": (config.train.monitor, ("val_loss", "val_accuracy")),
-        "recognize.index_type": (config.recognize.index_type, ("auto", "flat", "ivf", "ivfpq")),
-        "recognize.classifier_score": (config.recognize.classifier_score, ("auto", "cosine", "softmax")),
-    }
-    for key, (value, allowed) in choices.items():
-        if value not in allowed:
-            raise ConfigError(f"{key}={value!r} is not one of {', '.join(allowed)}.")
-    if config.model.architecture != "seed_cnn" and not config.model.backbone:
-        raise ConfigError(f"model.backbone must name a timm model for architecture {config.model.architecture}.")
-    if not 0 <= config.data.val_fraction + config.data.test_fraction < 1:
-        raise ConfigError("data.val_fraction + data.test_fraction must be in [0, 1).")
-    if config.data.image_size_px < 16:
-        raise ConfigError("data.image_size_px must be at least 16.")
+def load_run_config(run_dir: Path) -> Config:
+    """The resolved config a run folder was trained with (defaults when it has no config.yaml)."""
+    path = Path(run_dir) / "config.yaml"
+    return load_config(str(path)) if path.is_file() else Config()
 
 
 def git_commit() -> str | None:
@@ -261,9 +228,10 @@ def git_commit() -> str | None:
 
 
 def dump_config(config: Config, path: Path) -> None:
-    """Write the resolved config, with the git commit, as YAML."""
-    tree = config.to_dict()
-    tree["model"]["mean"] = list(tree["model"]["mean"]) if tree["model"]["mean"] else None
-    tree["model"]["std"] = list(tree["model"]["std"]) if tree["model"]["std"] else None
-    tree["git_commit"] = git_commit()
-    path.write_text(yaml.safe_dump(tree, sort_keys=False))
+    """Write the resolved config, with the git commit, as YAML (atomically)."""
+    tree = {**config.to_dict(), "git_commit": git_commit()}
+    atomic_write_text(path, yaml.safe_dump(tree, sort_keys=False))
+
+
+__all__ = ["AugmentConfig", "Config", "DataConfig", "IndexType", "ModelConfig", "RecognizeConfig", "TrainConfig",
+           "dump_config", "load_config", "load_run_config", "preset_names"]

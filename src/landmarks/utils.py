@@ -1,4 +1,4 @@
-"""Small shared helpers: seeding, atomic writes, progress bars, devices."""
+"""Small shared helpers: seeding, atomic writes, progress bars."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import os
 import random
 import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, Iterable, Iterator, TypeVar
 
 import numpy as np
 import torch
@@ -16,13 +17,23 @@ from tqdm.auto import tqdm
 
 T = TypeVar("T")
 
-QUIET = False  # set by the CLI's --quiet
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """Silence every progress bar of this process (the CLI's --quiet, ranks other than 0)."""
+    global _quiet
+    _quiet = quiet
+
+
+def progress_disabled() -> bool:
+    """True under --quiet or when stderr is not a terminal."""
+    return _quiet or not sys.stderr.isatty()
 
 
 def progress(iterable: Iterable[T] | None = None, **kwargs: Any) -> tqdm:
     """A tqdm bar on stderr, silent under --quiet or when stderr is not a terminal."""
-    disable = QUIET or not sys.stderr.isatty()
-    return tqdm(iterable, disable=disable, dynamic_ncols=True, leave=False, **kwargs)
+    return tqdm(iterable, disable=progress_disabled(), dynamic_ncols=True, leave=False, **kwargs)
 
 
 def seed_everything(seed: int) -> None:
@@ -32,29 +43,40 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside ``path`` and rename it into place."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` to write to; renamed over ``path`` when the block succeeds, removed if not.
+
+    Readers see the old file or the new one, never half of one, also after a crash.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, default=_json_default) + "\n").encode())
+    atomic_write_text(path, json.dumps(data, indent=2, default=_json_default) + "\n")
 
 
 def _json_default(value: Any) -> Any:
@@ -67,10 +89,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value)}")
-
-
-def device_for(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)

@@ -174,12 +174,12 @@ def test_confused_pairs_by_hand():
     assert pairs["count"].tolist() == [2, 2, 1]
     assert set(zip(pairs["true_name"][:2], pairs["predicted_name"][:2], pairs["count"][:2])) == {
         ("bridge", "tower", 2),
-        ("(no landmark)", "tower", 2),
+        ("no known landmark", "tower", 2),
     }
     assert pairs.iloc[2].to_dict() == {
         "true_id": 2, "true_name": "bridge", "predicted_id": 3, "predicted_name": "arch", "count": 1
     }
-    assert (pairs.loc[pairs["true_name"] == "(no landmark)", "true_id"] == -1).all()
+    assert (pairs.loc[pairs["true_name"] == "no known landmark", "true_id"] == -1).all()
     assert len(confused_pairs(predicted, true, names, top=1)) == 1
 
 

@@ -91,8 +91,8 @@ def test_plot_augmentations_rejects_mismatched_lengths(tmp_path):
 
 def test_plot_predictions_collage(tmp_path):
     images = [_photo(i, 32) for i in range(6)]
-    true_names = ["taj_mahal", "eiffel_tower", "(no landmark)", "(no landmark)", "a very long landmark name " * 4, "x"]
-    predicted = ["taj_mahal", "big_ben", "eiffel_tower", "(no landmark)", "a very long landmark name " * 4, "y"]
+    true_names = ["taj_mahal", "eiffel_tower", "no known landmark", "no known landmark", "a very long landmark name " * 4, "x"]
+    predicted = ["taj_mahal", "big_ben", "eiffel_tower", "no known landmark", "a very long landmark name " * 4, "y"]
     confidences = [0.93, 0.41, 0.55, 0.12, 0.7, 0.2]
     out = plots.plot_predictions(images, true_names, predicted, confidences, tmp_path / "predictions.png", columns=4)
     width, height = _open(out)
@@ -115,8 +115,8 @@ def test_plot_predictions_colours_right_green_and_wrong_red(tmp_path, monkeypatc
     monkeypatch.setattr(plots, "_save", spy)
     plots.plot_predictions(
         [_photo(0), _photo(1), _photo(2)],
-        ["taj_mahal", "(no landmark)", "(no landmark)"],
-        ["taj_mahal", "big_ben", "(no landmark)"],
+        ["taj_mahal", "no known landmark", "no known landmark"],
+        ["taj_mahal", "big_ben", "no known landmark"],
         [0.93, 0.5, 0.2],
         tmp_path / "p.png",
     )

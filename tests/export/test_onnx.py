@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
-from landmarks.export.onnx import OnnxEmbedder, export_run
+from landmarks.export.onnx import export_run
+from landmarks.recognize.embed import OnnxEmbedder
 from landmarks.recognize.recognizer import Recognizer
 
 

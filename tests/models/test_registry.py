@@ -39,7 +39,7 @@ def _perturb(model: LandmarkModel) -> None:
 def test_save_load_round_trip_gives_identical_outputs(tmp_path: Path, name: str):
     model = _build(name)
     _perturb(model)
-    save_model(model, tmp_path, CONFIGS[name], 32)
+    save_model(model, tmp_path, CONFIGS[name])
     assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.glob(".*tmp*"))
     meta = json.loads((tmp_path / "model.json").read_text())
     assert meta["architecture"] == CONFIGS[name].architecture and meta["num_classes"] == 4
@@ -61,7 +61,7 @@ def test_margins_come_from_class_counts_and_survive_a_round_trip(tmp_path: Path)
     model = _build("glr")
     expected = torch.from_numpy(dynamic_margins(COUNTS, 0.05, 0.45))
     assert torch.equal(model.head.arcface.margins, expected)
-    save_model(model, tmp_path, CONFIGS["glr"], 32)
+    save_model(model, tmp_path, CONFIGS["glr"])
     assert torch.equal(load_model(tmp_path).head.arcface.margins, expected)  # rebuilt without class_counts
     plain = build_model(CONFIGS["glr"], num_classes=4, image_size_px=32)
     assert plain.head.arcface.margins.tolist() == pytest.approx([0.05] * 4)
@@ -105,7 +105,7 @@ def test_mean_and_std_from_the_backbone_or_the_config():
 def test_load_rebuilds_without_pretrained_weights(tmp_path: Path):
     cfg = ModelConfig(architecture="classifier", backbone="test_resnet", pretrained=str(tmp_path / "gone.safetensors"))
     model = build_model(ModelConfig(architecture="classifier", backbone="test_resnet"), 3, 32)
-    save_model(model, tmp_path / "run", cfg, 32)  # the weights file named in the config no longer exists
+    save_model(model, tmp_path / "run", cfg)  # the weights file named in the config no longer exists
     loaded = load_model(tmp_path / "run")
     for key, tensor in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], tensor), key
@@ -115,14 +115,14 @@ def test_missing_model_json_is_a_data_error(tmp_path: Path):
     with pytest.raises(DataError, match=r"is not a run folder: model\.json is missing"):
         load_model(tmp_path)
     model = _build("seed_cnn")
-    save_model(model, tmp_path, CONFIGS["seed_cnn"], 32)
+    save_model(model, tmp_path, CONFIGS["seed_cnn"])
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(DataError, match=r"model\.safetensors is missing"):
         load_model(tmp_path)
 
 
 def test_weights_that_do_not_match_model_json_are_a_data_error(tmp_path: Path):
-    save_model(_build("seed_cnn"), tmp_path, CONFIGS["seed_cnn"], 32)
+    save_model(_build("seed_cnn"), tmp_path, CONFIGS["seed_cnn"])
     meta = json.loads((tmp_path / "model.json").read_text())
     meta["num_classes"] = 5
     (tmp_path / "model.json").write_text(json.dumps(meta))

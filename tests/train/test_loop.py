@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from landmarks.config import load_config
-from landmarks.train.loop import _last_batch_of_one, train
+from landmarks.train.loop import _last_batch_of_one
+from landmarks.train.run import train
 
 
 @pytest.mark.parametrize("count, batch, expected", [(65, 64, True), (64, 64, False), (129, 64, True), (1, 64, False), (66, 64, False)])

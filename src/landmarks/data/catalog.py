@@ -11,11 +11,13 @@ import numpy as np
 import pandas as pd
 
 from landmarks.errors import DataError
+from landmarks.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-NO_LANDMARK = -1
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")  # photos read from folders
+NO_LANDMARK = -1  # the landmark id of a photo that shows no (known) landmark
+NO_LANDMARK_NAME = "no known landmark"  # how such a photo or answer is shown to a person
 
 
 @dataclass
@@ -194,7 +196,6 @@ def write_catalog(catalog_frame: pd.DataFrame, names: dict[int, str], out_dir: s
     ids = sorted(int(i) for i in frame["landmark_id"].unique() if i >= 0)
     landmarks = pd.DataFrame({"landmark_id": ids, "name": [names.get(i) or str(i) for i in ids]})
     for name, table in (("train.csv", frame), ("landmarks.csv", landmarks)):
-        tmp = out / f".{name}.tmp-{os.getpid()}"
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, out / name)
+        with atomic_path(out / name) as tmp:
+            table.to_csv(tmp, index=False)
     return out

@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import socket
-import sys
 import tarfile
 import threading
 import time
@@ -41,6 +40,7 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from landmarks.errors import ConfigError, DataError
+from landmarks.utils import progress_disabled
 
 log = logging.getLogger(__name__)
 
@@ -128,9 +128,8 @@ class _Downloader:
         self.report = DownloadReport()
         self.lock = threading.Lock()
         self.stop = threading.Event()
-        quiet = getattr(sys.modules.get("landmarks.utils"), "QUIET", False)
         self.bar = tqdm(total=0, unit="B", unit_scale=True, unit_divisor=1024, desc="GLDv2", dynamic_ncols=True,
-                        disable=not progress or quiet or not sys.stderr.isatty())
+                        disable=not progress or progress_disabled())
 
     def say(self, line: str) -> None:
         """One line per finished file: above the bar when it shows, in the log otherwise."""

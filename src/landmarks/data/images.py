@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from landmarks.errors import DataError, ImageError
+from landmarks.utils import progress as progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -199,8 +200,6 @@ class ImageCache:
         The folder is ``<cache_dir>/<sha1 of size, paths, sizes, mtimes>``; it is built under a temporary
         name and renamed into place, so an interrupted build leaves no half-written cache behind.
         """
-        from landmarks.utils import progress as progress_bar
-
         paths = [str(p) for p in paths]
         root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         folder = root / cache_key(paths, size_px)

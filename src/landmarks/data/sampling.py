@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+
+from landmarks.data.catalog import on_disk, read_catalog, write_catalog
+from landmarks.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def class_counts(landmark_ids: np.ndarray, num_classes: int) -> np.ndarray:
@@ -68,3 +76,20 @@ def stratified_split(
     is_test = (rank >= n_val) & (rank < n_val + n_test)
     is_train = ~(is_val | is_test)
     return np.sort(order[is_train]), np.sort(order[is_val]), np.sort(order[is_test])
+
+
+def sample_dataset(data_dir: Path, classes: int, per_class: int, out_dir: Path, seed: int = 42) -> pd.DataFrame:
+    """``landmarks sample``: the most frequent landmarks among the photos on disk, written as a new catalog in
+    ``out_dir`` (no image copied); returns the sampled rows."""
+    catalog = read_catalog(data_dir)
+    frame = catalog.frame[catalog.frame["landmark_id"] >= 0]
+    present = on_disk(frame)
+    if not present.any():
+        raise DataError(f"None of the {len(frame):,} photos listed in {data_dir} is on disk (download some shards first).")
+    if not present.all():
+        log.info("%d of %d listed photos are not on disk (shards not downloaded?): sampling from the %d that are",
+                 (~present).sum(), len(frame), present.sum())
+        frame = frame[present]
+    sampled = sample_top_landmarks(frame, classes, per_class, seed)
+    write_catalog(sampled, {int(i): catalog.name_of(int(i)) for i in sampled["landmark_id"].unique()}, out_dir)
+    return sampled

@@ -11,8 +11,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-NO_LANDMARK = -1
-NO_LANDMARK_NAME = "(no landmark)"
+from landmarks.data.catalog import NO_LANDMARK, NO_LANDMARK_NAME
+
 
 
 def _ids(values: Sequence[int] | np.ndarray, what: str) -> np.ndarray:
@@ -166,7 +166,7 @@ def confused_pairs(
     """The ``top`` most frequent mistakes as (true, predicted) pairs with their count, most frequent first.
 
     A mistake is a landmark prediction (predicted id != -1) that differs from the truth: one landmark taken
-    for another, or a query without a landmark taken for one (true_id -1, true_name "(no landmark)").
+    for another, or a query without a landmark taken for one (true_id -1, true_name "no known landmark").
     Empty predictions are not listed. Columns: true_id, true_name, predicted_id, predicted_name, count.
     """
     predicted, true = _ids(predicted_ids, "predicted_ids"), _ids(true_ids, "true_ids")

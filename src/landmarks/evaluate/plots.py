@@ -19,10 +19,11 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from landmarks.data.catalog import NO_LANDMARK_NAME  # noqa: E402
+
 DPI = 120
 GREEN, RED = "#1a7f37", "#cf222e"
 TRAIN_COLOUR, VAL_COLOUR, BEST_COLOUR = "#0969da", "#bf5700", "#57606a"
-NO_LANDMARK_NAME = "(no landmark)"
 
 
 def _save(figure: plt.Figure, out_path: Path) -> Path:
@@ -148,8 +149,8 @@ def plot_predictions(
 ) -> Path:
     """A collage of photos, each titled with the predicted name and confidence and the true name below.
 
-    Right predictions get a green title and frame, wrong ones red. A true name of "(no landmark)" is right
-    only when the prediction is "(no landmark)" too.
+    Right predictions get a green title and frame, wrong ones red. A true name of "no known landmark" is right
+    only when the prediction is "no known landmark" too.
     """
     count = len(images)
     if not len(true_names) == len(predicted_names) == len(confidences) == count:
@@ -177,7 +178,7 @@ def plot_predictions(
         mark = "✓" if correct else "✗"
         axis.set_title(f"{mark} {_short(predicted, 24)} {float(confidence):.2f}", color=colour, fontsize=9,
                        fontweight="bold")
-        truth = "no landmark" if str(true) == NO_LANDMARK_NAME else _short(true, 26)
+        truth = NO_LANDMARK_NAME if str(true) == NO_LANDMARK_NAME else _short(true, 26)
         axis.set_xlabel(f"true: {truth}", fontsize=8)
     share = f" ({right / count:.0%})" if count else ""
     figure.suptitle(f"Predictions: {right} of {count} right{share}  (green = right, red = wrong)", fontsize=11)
@@ -211,4 +212,131 @@ def plot_confidence_histogram(
     axis.set_title("Top-1 confidence: queries with vs without a known landmark")
     axis.grid(alpha=0.3)
     axis.legend(loc="upper center", ncol=2, fontsize=8.5)
+    return _save(figure, out_path)
+
+
+def plot_reliability(
+    confidences: Sequence[float],
+    correct: Sequence[bool],
+    out_path: Path,
+    raw_scores: Sequence[float] | None = None,
+    bins: int = 10,
+    what: str = "calibration photos",
+) -> Path:
+    """Calibration curve: the share of answers that were right against the confidence given, per confidence bin.
+
+    On the diagonal a confidence of 0.9 is right 9 times in 10. Dot sizes and the bars below show how many
+    answers each bin holds; ``raw_scores`` (the uncalibrated fused scores of the same answers) are drawn in grey.
+    """
+    confidences = np.clip(np.asarray(confidences, dtype=np.float64), 0.0, 1.0)
+    correct = np.asarray(correct, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+
+    def binned(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        which = np.clip(np.digitize(values, edges[1:-1]), 0, bins - 1)
+        count = np.bincount(which, minlength=bins)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return count, np.bincount(which, values, bins) / count, np.bincount(which, correct, bins) / count
+
+    figure, (curve, counts_axis) = plt.subplots(2, 1, figsize=(6.4, 7.2), gridspec_kw={"height_ratios": [3, 1.2]},
+                                                sharex=True)
+    curve.plot([0, 1], [0, 1], linestyle="--", color=BEST_COLOUR, linewidth=1.2, label="perfectly calibrated")
+    count, mean_confidence, observed = binned(confidences)
+    filled = count > 0
+    error = float((np.abs(mean_confidence - observed)[filled] * count[filled]).sum() / max(1, count.sum()))
+    if raw_scores is not None:
+        raw = np.clip(np.asarray(raw_scores, dtype=np.float64), 0.0, 1.0)
+        raw_count, raw_mean, raw_observed = binned(raw)
+        raw_filled = raw_count > 0
+        raw_error = float((np.abs(raw_mean - raw_observed)[raw_filled] * raw_count[raw_filled]).sum() / max(1, raw_count.sum()))
+        curve.plot(raw_mean[raw_filled], raw_observed[raw_filled], marker="o", color="#8c959f", linewidth=1.2,
+                   markersize=4, label=f"fused score before calibration (error {raw_error:.2f})")
+    curve.plot(mean_confidence[filled], observed[filled], color=TRAIN_COLOUR, linewidth=1.8,
+               label=f"calibrated confidence (error {error:.2f})")
+    curve.scatter(mean_confidence[filled], observed[filled], s=20 + 280 * count[filled] / max(1, count.max()),
+                  color=TRAIN_COLOUR, zorder=3, edgecolor="white")
+    for x, y, n in zip(mean_confidence[filled], observed[filled], count[filled]):
+        curve.annotate(str(int(n)), (x, y), textcoords="offset points", xytext=(7, -11), fontsize=7.5, color=BEST_COLOUR)
+    curve.set_xlim(0, 1)
+    curve.set_ylim(-0.02, 1.02)
+    curve.set_ylabel("share of these answers that were right")
+    curve.set_title(f"Does a confidence of 0.9 mean right 9 times in 10?\n{int(count.sum())} answers on {what}",
+                    fontsize=10.5)
+    curve.grid(alpha=0.3)
+    curve.legend(loc="upper left", fontsize=8)
+    centres = (edges[:-1] + edges[1:]) / 2
+    right = np.bincount(np.clip(np.digitize(confidences, edges[1:-1]), 0, bins - 1), correct, bins)
+    width = 0.9 / bins
+    counts_axis.bar(centres, right, width=width, color=GREEN, label="right")
+    counts_axis.bar(centres, count - right, width=width, bottom=right, color=RED, alpha=0.8, label="wrong")
+    counts_axis.set_xlabel("confidence (bins of width %.1f; mean |confidence - share right| = error)" % (1 / bins))
+    counts_axis.set_ylabel("answers")
+    counts_axis.yaxis.set_major_locator(MaxNLocator(integer=True))
+    counts_axis.grid(alpha=0.3, axis="y")
+    counts_axis.legend(loc="upper center", fontsize=8, ncol=2)
+    return _save(figure, out_path)
+
+
+def plot_precision_coverage(
+    confidences: Sequence[float],
+    correct: Sequence[bool],
+    is_landmark: Sequence[bool],
+    threshold: float,
+    out_path: Path,
+    target_precision: float | None = None,
+    what: str = "calibration photos",
+) -> Path:
+    """How many answers are right against how many are given, for every "no known landmark" threshold.
+
+    Left: per threshold, the precision of the known answers, the coverage (photos of a known landmark answered
+    right) and the share of photos without a known landmark that still get a landmark name. Right: precision
+    against coverage. The chosen threshold is marked on both."""
+    confidences = np.asarray(confidences, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    is_landmark = np.asarray(is_landmark, dtype=bool)
+    grid = np.unique(np.concatenate([np.linspace(0, 1, 201), confidences]))
+    answered = confidences[None, :] >= grid[:, None]
+    given = answered.sum(axis=1)
+    right = (answered & correct[None, :]).sum(axis=1)
+    precision = np.divide(right, given, out=np.full(len(grid), np.nan), where=given > 0)
+    coverage = right / max(1, int(is_landmark.sum()))
+    named = (answered & ~is_landmark[None, :]).sum(axis=1) / max(1, int((~is_landmark).sum()))
+    at = confidences >= threshold
+    chosen_precision = float(correct[at].mean()) if at.any() else float("nan")
+    chosen_coverage = float(correct[at].sum() / max(1, int(is_landmark.sum())))
+    chosen_named = float((at & ~is_landmark).sum() / max(1, int((~is_landmark).sum())))
+    figure, (by_threshold, trade_off) = plt.subplots(1, 2, figsize=(12, 4.8))
+    by_threshold.plot(grid, precision, color=GREEN, linewidth=1.8, label="known answers that are right (precision)")
+    by_threshold.plot(grid, coverage, color=TRAIN_COLOUR, linewidth=1.8, label="landmark photos answered right (coverage)")
+    if (~is_landmark).any():
+        by_threshold.plot(grid, named, color=RED, linewidth=1.5,
+                          label="photos without a known landmark named a landmark")
+    by_threshold.axvline(threshold, color=BEST_COLOUR, linestyle="--", linewidth=1.2,
+                         label=f"chosen threshold {threshold:.2f}")
+    if target_precision is not None:
+        by_threshold.axhline(target_precision, color=GREEN, linestyle=":", linewidth=1.0,
+                             label=f"target precision {target_precision:.0%}")
+    by_threshold.set_xlim(0, 1)
+    by_threshold.set_ylim(0, 1.02)
+    by_threshold.set_xlabel('threshold: below it the answer is "no known landmark"')
+    by_threshold.set_ylabel("share")
+    by_threshold.set_title("Per threshold", fontsize=10.5)
+    by_threshold.grid(alpha=0.3)
+    by_threshold.legend(loc="best", fontsize=7.5)
+    trade_off.plot(coverage, precision, color=GREEN, linewidth=1.8)
+    trade_off.scatter([chosen_coverage], [chosen_precision], s=70, color=BEST_COLOUR, zorder=3,
+                      label=f"at {threshold:.2f}: {chosen_precision:.0%} right, {chosen_coverage:.0%} covered, "
+                            f"{chosen_named:.0%} of the others named")
+    if target_precision is not None:
+        trade_off.axhline(target_precision, color=GREEN, linestyle=":", linewidth=1.0)
+    trade_off.set_xlim(0, 1.02)
+    trade_off.set_ylim(0, 1.02)
+    trade_off.set_xlabel("coverage: landmark photos answered right")
+    trade_off.set_ylabel("precision: known answers that are right")
+    trade_off.set_title("Right answers vs answers given", fontsize=10.5)
+    trade_off.grid(alpha=0.3)
+    trade_off.legend(loc="lower left", fontsize=8)
+    landmark_count, other_count = int(is_landmark.sum()), int((~is_landmark).sum())
+    figure.suptitle(f"Known answers on {what}: {landmark_count} photos of known landmarks, {other_count} without one",
+                    fontsize=11)
     return _save(figure, out_path)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -13,17 +12,16 @@ import torch
 
 from landmarks.config import Config, dump_config
 from landmarks.data.augment import build_train_transform
-from landmarks.data.catalog import read_catalog
+from landmarks.data.catalog import NO_LANDMARK, NO_LANDMARK_NAME, read_catalog
+from landmarks.data.images import decode_image
+from landmarks.data.prepared import PreparedData
 from landmarks.errors import DataError
 from landmarks.evaluate import metrics, plots
-from landmarks.recognize.embed import TorchEmbedder
+from landmarks.models.registry import LandmarkModel
+from landmarks.recognize.embed import TorchEmbedder, embed_paths
 from landmarks.recognize.index import EmbeddingIndex
-from landmarks.recognize.recognizer import NO_LANDMARK, Prediction, Recognizer, logit_scale_of
-from landmarks.utils import progress, write_json
-
-if TYPE_CHECKING:
-    from landmarks.models.registry import LandmarkModel
-    from landmarks.train.loop import PreparedData
+from landmarks.recognize.recognizer import Prediction, Recognizer
+from landmarks.utils import atomic_path, progress, write_json
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +80,14 @@ def collage(
     images: Sequence[np.ndarray], predictions: Sequence[Prediction], true_ids: Sequence[int], names: dict[int, str], out: Path
 ) -> None:
     """plots/predictions.png: photos with predicted name and confidence, mistakes in red."""
-    true_names = [names.get(int(t), str(t)) if t != NO_LANDMARK else "(no landmark)" for t in true_ids]
+    true_names = [names.get(int(t), str(t)) if t != NO_LANDMARK else NO_LANDMARK_NAME for t in true_ids]
     plots.plot_predictions(
-        list(images), true_names, [p.name for p in predictions], [p.confidence for p in predictions], out
+        list(images), true_names, [p.name if p.known else NO_LANDMARK_NAME for p in predictions],
+        [p.confidence for p in predictions], out
     )
 
 
-def plot_augmentation_grid(config: Config, data: "PreparedData", out: Path, photos: int = 6, views: int = 5) -> None:
+def plot_augmentation_grid(config: Config, data: PreparedData, out: Path, photos: int = 6, views: int = 5) -> None:
     """plots/augmentations.png: raw training photos beside augmented versions of them."""
     rng = np.random.default_rng(config.train.seed)
     indices = data.indices("train")
@@ -104,7 +103,7 @@ def plot_augmentation_grid(config: Config, data: "PreparedData", out: Path, phot
     plots.plot_augmentations(raw, augmented, out, titles)
 
 
-def embed_split(embedder: TorchEmbedder, data: "PreparedData", split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def embed_split(embedder: TorchEmbedder, data: PreparedData, split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(cache positions, embeddings, logits) of a split's photos, from the image cache."""
     indices = data.indices(split)
     embeddings, logits = [], []
@@ -117,14 +116,14 @@ def embed_split(embedder: TorchEmbedder, data: "PreparedData", split: str) -> tu
     return indices, np.concatenate(embeddings), np.concatenate(logits)
 
 
-def calibrate_knn_weight(recognizer: Recognizer, references: tuple, queries: tuple, data: "PreparedData") -> float:
+def calibrate_knn_weight(recognizer: Recognizer, references: tuple, queries: tuple, data: PreparedData) -> float:
     """The kNN/classifier fusion weight with the best GAP for validation photos searched against training photos only."""
     (ref_positions, ref_embeddings, _), (val_positions, val_embeddings, val_logits) = references, queries
     landmark_ids = data.frame["landmark_id"].to_numpy()
     index = EmbeddingIndex.build(ref_embeddings, data.frame["id"].to_numpy()[ref_positions].tolist(),
                                  landmark_ids[ref_positions], "flat")
     probe = Recognizer(recognizer.embedder, recognizer.class_landmark_ids, recognizer.names, index,
-                       dataclasses.replace(recognizer.config), logit_scale=recognizer.logit_scale)
+                       recognizer.config.model_copy(), logit_scale=recognizer.logit_scale)
     true = landmark_ids[val_positions]
     scores = {}
     for weight in (0.0, 0.25, 0.5, 0.75, 1.0):
@@ -138,7 +137,7 @@ def calibrate_knn_weight(recognizer: Recognizer, references: tuple, queries: tup
     return best
 
 
-def finish_run(run_dir: Path, config: Config, data: "PreparedData", model: "LandmarkModel") -> dict:
+def finish_run(run_dir: Path, config: Config, data: PreparedData, model: LandmarkModel) -> dict:
     """After training: metrics on the held-out split (searched against the other photos), then the reference index
     of every training photo, curves and a prediction collage."""
     model.eval()
@@ -151,7 +150,7 @@ def finish_run(run_dir: Path, config: Config, data: "PreparedData", model: "Land
         data.frame["landmark_id"].to_numpy()[positions], index_type=config.recognize.index_type,
     )
     recognizer = Recognizer(embedder, data.landmark_ids, data.names, index, config.recognize, run_dir,
-                            logit_scale_of(dataclasses.asdict(config.model)))
+                            model.logit_scale)
     if config.recognize.calibrate and len(splits["val"][0]):
         config.recognize.knn_weight = calibrate_knn_weight(recognizer, splits["train"], splits["val"], data)
         dump_config(config, run_dir / "config.yaml")
@@ -192,8 +191,6 @@ def evaluate_run(run_dir: Path, data_dir: Path, backend: str = "auto", out_dir: 
         raise DataError(f"{data_dir} has no ground truth for its test photos (a *_solution.csv with id,landmarks).")
     recognizer = Recognizer.load(run_dir, backend=backend)
     paths = catalog.frame["path"].tolist()
-    from landmarks.recognize.embed import embed_paths
-
     embeddings, logits, valid, failures = embed_paths(recognizer.embedder, paths, desc="evaluating")
     predictions = recognizer.score(embeddings, logits) if valid.any() else []
     true_valid = true[valid]
@@ -204,8 +201,6 @@ def evaluate_run(run_dir: Path, data_dir: Path, backend: str = "auto", out_dir: 
     names = {**recognizer.names, **catalog.names}
     write_report(out_dir, predictions, true_valid, names, result)
     shown = np.random.default_rng(0).choice(len(predictions), size=min(16, len(predictions)), replace=False)
-    from landmarks.data.images import decode_image
-
     valid_paths = np.asarray(paths)[valid]
     collage([decode_image(valid_paths[i], 160) for i in shown], [predictions[i] for i in shown], true_valid[shown], names,
             out_dir / "plots" / "predictions.png")
@@ -221,6 +216,6 @@ def write_submission(run_dir: Path, data_dir: Path, out: Path, backend: str = "a
         f"{p.landmark_id} {p.confidence:.6f}" if p is not None and p.landmark_id != NO_LANDMARK else ""
         for p in predictions
     ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame({"id": catalog.frame["id"], "landmarks": rows}).to_csv(out, index=False)
+    with atomic_path(out) as tmp:
+        pd.DataFrame({"id": catalog.frame["id"], "landmarks": rows}).to_csv(tmp, index=False)
     return len(rows), len(failures)

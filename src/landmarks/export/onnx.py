@@ -1,28 +1,35 @@
-"""ONNX export of a run's model (uint8 photos in, normalised embeddings and logits out) and its ONNX Runtime embedder."""
+"""ONNX export of a run's model (uint8 photos in, normalised embeddings and logits out), checked on real photos.
+
+Running the exported file is ``landmarks.recognize.embed.OnnxEmbedder``'s job; this module only writes and checks files.
+"""
 
 from __future__ import annotations
 
 import copy
 import logging
-import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from timm.layers.padding import get_same_padding
 from torch import nn
 
+from landmarks.data.images import decode_image
 from landmarks.errors import DataError
-
-if TYPE_CHECKING:
-    from landmarks.recognize.recognizer import Recognizer
+from landmarks.evaluate.metrics import accuracy, global_average_precision
+from landmarks.models.registry import load_model
+from landmarks.recognize.embed import EMBEDDING, INPUT, LOGITS, OnnxEmbedder, TorchEmbedder
+from landmarks.recognize.index import EmbeddingIndex
+from landmarks.recognize.recognizer import Recognizer
+from landmarks.utils import atomic_path
 
 log = logging.getLogger(__name__)
-
-INPUT, EMBEDDING, LOGITS = "images", "embedding", "logits"
 
 
 class ExportWrapper(nn.Module):
@@ -59,8 +66,6 @@ class StaticSameConv(nn.Module):
 
 def with_static_padding(model: nn.Module, size_px: int) -> nn.Module:
     """A copy of ``model`` whose dynamic 'same' convolutions are fixed for ``size_px`` x ``size_px`` inputs."""
-    from timm.layers.padding import get_same_padding
-
     model = copy.deepcopy(model).eval()
     same = {name: m for name, m in model.named_modules() if type(m).__name__ == "Conv2dSame"}
     if not same:
@@ -87,16 +92,14 @@ def export_onnx(model: nn.Module, out_path: Path, opset: int = 17) -> Path:
     size = int(model.input_size_px)
     model = with_static_padding(model.eval(), size)
     dummy = torch.zeros(2, size, size, 3, dtype=torch.uint8)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    with warnings.catch_warnings():
+    with atomic_path(out_path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             ExportWrapper(model), (dummy,), str(tmp), input_names=[INPUT], output_names=[EMBEDDING, LOGITS],
             dynamic_axes={INPUT: {0: "batch"}, EMBEDDING: {0: "batch"}, LOGITS: {0: "batch"}}, opset_version=opset,
             dynamo=False,
         )
-    _drop_empty_trailing_inputs(tmp)
-    os.replace(tmp, out_path)
+        _drop_empty_trailing_inputs(tmp)
     return out_path
 
 
@@ -106,39 +109,11 @@ def _drop_empty_trailing_inputs(path: Path) -> None:
     ONNX Runtime's Pad -> Conv fusion refuses a Pad whose third input is present but empty; without it the
     constant zero padding of 'same' convolutions is folded into the Conv.
     """
-    import onnx
-
     model = onnx.load(str(path))
     for node in model.graph.node:
         while len(node.input) and node.input[-1] == "":
             node.input.pop()
     onnx.save(model, str(path))
-
-
-class OnnxEmbedder:
-    """Runs model.onnx in ONNX Runtime on uint8 NHWC photos."""
-
-    def __init__(self, onnx_path: Path, tta_flip: bool = False, threads: int | None = None):
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # int8 graphs: one warning per constant the QDQ fusion leaves unused
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        shape = self.session.get_inputs()[0].shape
-        self.input_size_px = int(shape[1])
-        self.tta_flip = tta_flip
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        images = np.ascontiguousarray(images, dtype=np.uint8)
-        embedding, logits = self.session.run([EMBEDDING, LOGITS], {INPUT: images})
-        if self.tta_flip:
-            flipped_embedding, flipped_logits = self.session.run([EMBEDDING, LOGITS], {INPUT: np.ascontiguousarray(images[:, :, ::-1])})
-            embedding = embedding + flipped_embedding
-            logits = (logits + flipped_logits) / 2
-            embedding = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
-        return embedding.astype(np.float32), logits.astype(np.float32)
 
 
 CALIBRATION_PHOTOS = 128  # training photos whose activation ranges set the int8 scales
@@ -150,8 +125,6 @@ def quantize_int8(onnx_path: Path, out_path: Path, calibration: np.ndarray, batc
     ONNX Runtime recommends static quantization for CNNs: dynamic quantization left validation accuracy of a
     glr run 3.5 points lower, static left it unchanged (benchmarks/RESULTS.md).
     """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
     class Photos(CalibrationDataReader):
         def __init__(self) -> None:
             self.batches = iter(calibration[i : i + batch_size] for i in range(0, len(calibration), batch_size))
@@ -159,8 +132,6 @@ def quantize_int8(onnx_path: Path, out_path: Path, calibration: np.ndarray, batc
         def get_next(self) -> dict[str, np.ndarray] | None:
             batch = next(self.batches, None)
             return None if batch is None else {INPUT: np.ascontiguousarray(batch)}
-
-    import onnxruntime as ort
 
     logging.disable(logging.WARNING)  # the quantizer logs a warning per tensor it leaves in float,
     ort.set_default_logger_severity(3)  # ONNX Runtime one per initializer its calibration graph drops
@@ -182,14 +153,11 @@ def _sample_photos(run_dir: Path, split: str, limit: int | None) -> tuple[list[s
     return frame["path"].tolist(), frame["landmark_id"].to_numpy(), frame["id"].tolist()
 
 
-def _recognizer_without(run_dir: Path, image_ids: list[str]) -> "Recognizer":
+def _recognizer_without(run_dir: Path, image_ids: list[str]) -> Recognizer:
     """The run's Recognizer (PyTorch) whose index leaves out these photos, so that none of them finds itself.
 
     Only a flat index can hand its vectors back; an IVF index is kept whole (its figures are then optimistic).
     """
-    from landmarks.recognize.index import EmbeddingIndex
-    from landmarks.recognize.recognizer import Recognizer
-
     recognizer = Recognizer.load(run_dir, backend="torch")
     index = recognizer.index
     if index is not None and index.index_type == "flat":
@@ -200,10 +168,8 @@ def _recognizer_without(run_dir: Path, image_ids: list[str]) -> "Recognizer":
     return recognizer
 
 
-def _split_metrics(recognizer: "Recognizer", onnx_path: Path, paths: list[str], truth: np.ndarray) -> dict:
+def _split_metrics(recognizer: Recognizer, onnx_path: Path, paths: list[str], truth: np.ndarray) -> dict:
     """Accuracy and GAP of these photos with ``onnx_path`` as the recognizer's embedder."""
-    from landmarks.evaluate.metrics import accuracy, global_average_precision
-
     recognizer.embedder = OnnxEmbedder(onnx_path, tta_flip=recognizer.config.tta_flip)
     predictions, _ = recognizer.predict_paths(paths)
     predicted = np.array([p.landmark_id if p else -1 for p in predictions])
@@ -213,10 +179,6 @@ def _split_metrics(recognizer: "Recognizer", onnx_path: Path, paths: list[str], 
 
 def export_run(run_dir: Path, quantize: str | None = None, check_photos: int = 32) -> dict[str, object]:
     """Export, then verify on real photos that ONNX Runtime and PyTorch agree; optionally an int8 model too."""
-    from landmarks.data.images import decode_image
-    from landmarks.models.registry import load_model
-    from landmarks.recognize.embed import TorchEmbedder
-
     run_dir = Path(run_dir)
     model = load_model(run_dir)
     onnx_path = export_onnx(model, run_dir / "model.onnx")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -15,17 +13,17 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from landmarks.config import ModelConfig
 from landmarks.errors import ConfigError, DataError
 from landmarks.models.backbones import create_backbone
 from landmarks.models.heads import DenseHead, GLRNeck, SubCenterArcFace, dynamic_margins
 from landmarks.models.pooling import make_pooling
 from landmarks.models.seed_cnn import SeedCNNHead, SeedCNNTrunk, seed_cnn_spatial_px
+from landmarks.models.spec import ModelConfig
+from landmarks.utils import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-ARCHITECTURES = ("seed_cnn", "classifier", "glr")
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # 2: model.json describes the head (kind, logit scale)
 
 
 class ArcFaceHead(nn.Module):
@@ -44,6 +42,8 @@ class ArcFaceHead(nn.Module):
             margins = dynamic_margins(class_counts, cfg.arcface_margin_min, cfg.arcface_margin_range)
         self.arcface = SubCenterArcFace(cfg.embedding_dim, num_classes, cfg.arcface_subcenters, cfg.arcface_scale, margins)
         self.embedding_dim = cfg.embedding_dim
+        self.kind = "arcface"
+        self.logit_scale: float | None = float(cfg.arcface_scale)  # logits are scale * cosine to the class centres
 
     def forward(self, feature_map: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         embedding = self.neck(self.pool(feature_map))
@@ -62,6 +62,8 @@ class PooledDenseHead(nn.Module):
         self.pool = pooling
         self.dense = DenseHead(in_features, cfg.embedding_dim, num_classes, cfg.dropout)
         self.embedding_dim = self.dense.embedding_dim
+        self.kind = "softmax"
+        self.logit_scale: float | None = None
 
     def forward(self, feature_map: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self.dense(self.pool(feature_map))
@@ -87,6 +89,16 @@ class LandmarkModel(nn.Module):
         self.dense_l2 = float(dense_l2)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    @property
+    def head_kind(self) -> str:
+        """``arcface`` (logits are scaled cosines, trained with a margin) or ``softmax``."""
+        return getattr(self.head, "kind", "softmax")
+
+    @property
+    def logit_scale(self) -> float | None:
+        """ArcFace heads: logits / scale is the cosine to the class centres; None for softmax heads."""
+        return getattr(self.head, "logit_scale", None)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Normalise and run the backbone: the feature map (N, C, h, w)."""
@@ -122,7 +134,23 @@ class LandmarkModel(nn.Module):
         return self.head.parameters()
 
 
-def _build_seed_cnn(cfg: ModelConfig, num_classes: int, image_size_px: int) -> LandmarkModel:
+Builder = Callable[[ModelConfig, int, int, "np.ndarray | None"], LandmarkModel]
+ARCHITECTURES: dict[str, Builder] = {}
+HEADS = ("softmax", "arcface")  # the head of a ``classifier``; ``glr`` always uses arcface, ``seed_cnn`` softmax
+
+
+def register_architecture(name: str) -> Callable[[Builder], Builder]:
+    """Add a builder ``(cfg, num_classes, image_size_px, class_counts) -> LandmarkModel`` under ``name``."""
+
+    def add(builder: Builder) -> Builder:
+        ARCHITECTURES[name] = builder
+        return builder
+
+    return add
+
+
+@register_architecture("seed_cnn")
+def _build_seed_cnn(cfg: ModelConfig, num_classes: int, image_size_px: int, class_counts: np.ndarray | None) -> LandmarkModel:
     if cfg.pretrained.strip().lower() not in ("", "none"):
         log.warning("model.pretrained=%s is ignored: the seed CNN always starts from scratch", cfg.pretrained)
     trunk = SeedCNNTrunk(cfg.batchnorm_momentum)
@@ -134,69 +162,76 @@ def _build_seed_cnn(cfg: ModelConfig, num_classes: int, image_size_px: int) -> L
     return LandmarkModel(trunk, head, num_classes, image_size_px, mean, std, cfg.dense_l2)
 
 
+def _build_on_backbone(cfg: ModelConfig, num_classes: int, image_size_px: int, class_counts: np.ndarray | None,
+                       arcface: bool) -> LandmarkModel:
+    if not cfg.backbone:
+        raise ConfigError(f"model.backbone must name a timm model for architecture {cfg.architecture}.")
+    backbone, channels, data_config = create_backbone(cfg.backbone, cfg.pretrained)
+    pooling = make_pooling(cfg.pooling, cfg.gem_p)
+    head: nn.Module = (ArcFaceHead(pooling, channels, cfg, num_classes, class_counts) if arcface
+                       else PooledDenseHead(pooling, channels, cfg, num_classes))
+    mean = tuple(cfg.mean) if cfg.mean else tuple(data_config["mean"])
+    std = tuple(cfg.std) if cfg.std else tuple(data_config["std"])
+    return LandmarkModel(backbone, head, num_classes, image_size_px, mean, std)
+
+
+@register_architecture("classifier")
+def _build_classifier(cfg: ModelConfig, num_classes: int, image_size_px: int, class_counts: np.ndarray | None) -> LandmarkModel:
+    """A timm backbone, pooling and the head ``model.head`` names (softmax dense head or ArcFace)."""
+    if cfg.head not in HEADS:
+        raise ConfigError(f"model.head={cfg.head!r} is not one of {', '.join(HEADS)}.")
+    return _build_on_backbone(cfg, num_classes, image_size_px, class_counts, arcface=cfg.head == "arcface")
+
+
+@register_architecture("glr")
+def _build_glr(cfg: ModelConfig, num_classes: int, image_size_px: int, class_counts: np.ndarray | None) -> LandmarkModel:
+    """The competition recipe: timm backbone -> pooling -> neck -> sub-center ArcFace."""
+    return _build_on_backbone(cfg, num_classes, image_size_px, class_counts, arcface=True)
+
+
 def build_model(cfg: ModelConfig, num_classes: int, image_size_px: int,
                 class_counts: np.ndarray | None = None) -> LandmarkModel:
-    """The model an architecture name describes: ``seed_cnn``, ``classifier`` or ``glr``.
+    """The model an architecture name in ``ARCHITECTURES`` describes.
 
     ``class_counts`` (photos per class index) sets the per-class ArcFace margins; without it every class
     gets ``arcface_margin_min``.
     """
     if cfg.architecture not in ARCHITECTURES:
         raise ConfigError(f"Unknown architecture {cfg.architecture!r}; choose one of {', '.join(ARCHITECTURES)}.")
-    if cfg.architecture == "seed_cnn":
-        return _build_seed_cnn(cfg, num_classes, image_size_px)
-    if not cfg.backbone:
-        raise ConfigError(f"model.backbone must name a timm model for architecture {cfg.architecture}.")
-    backbone, channels, data_config = create_backbone(cfg.backbone, cfg.pretrained)
-    pooling = make_pooling(cfg.pooling, cfg.gem_p)
-    if cfg.architecture == "glr" or cfg.head == "arcface":
-        head: nn.Module = ArcFaceHead(pooling, channels, cfg, num_classes, class_counts)
-    else:
-        head = PooledDenseHead(pooling, channels, cfg, num_classes)
-    mean = tuple(cfg.mean) if cfg.mean else tuple(data_config["mean"])
-    std = tuple(cfg.std) if cfg.std else tuple(data_config["std"])
-    return LandmarkModel(backbone, head, num_classes, image_size_px, mean, std)
+    return ARCHITECTURES[cfg.architecture](cfg, num_classes, image_size_px, class_counts)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def save_model(model: LandmarkModel, run_dir: Path, cfg: ModelConfig, image_size_px: int) -> None:
-    """Write model.safetensors (the state dict, margins included) and model.json, each atomically:
-    enough to rebuild the model anywhere without the config, the data or a network."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = run_dir / f".model.safetensors.tmp-{os.getpid()}"
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, run_dir / "model.safetensors")
-    config = dataclasses.asdict(cfg)
-    config["mean"] = list(config["mean"]) if config["mean"] else None
-    config["std"] = list(config["std"]) if config["std"] else None
-    meta: dict[str, Any] = {
+def model_meta(model: LandmarkModel, cfg: ModelConfig) -> dict[str, Any]:
+    """What rebuilds the model without its config or data (cirtorch's ``meta``): in model.json and every checkpoint."""
+    return {
         "format_version": MODEL_FORMAT_VERSION,
         "architecture": cfg.architecture,
-        "config": config,
+        "config": cfg.model_dump(mode="json"),
+        "head": {"kind": model.head_kind, "logit_scale": model.logit_scale},
         "num_classes": model.num_classes,
-        "input_size_px": int(image_size_px),
+        "input_size_px": model.input_size_px,
         "mean": model.mean.flatten().tolist(),
         "std": model.std.flatten().tolist(),
         "embedding_dim": model.embedding_dim,
     }
-    _atomic_write_text(run_dir / "model.json", json.dumps(meta, indent=2) + "\n")
+
+
+def save_model(model: LandmarkModel, run_dir: Path, cfg: ModelConfig) -> None:
+    """Write model.safetensors (the state dict, margins included) and model.json, each atomically:
+    enough to rebuild the model anywhere without the config, the data or a network."""
+    run_dir = Path(run_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(run_dir / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    atomic_write_text(run_dir / "model.json", json.dumps(model_meta(model, cfg), indent=2) + "\n")
 
 
 def model_config_from_meta(meta: dict[str, Any]) -> ModelConfig:
     """The ModelConfig in model.json, with pretrained = none (the weights come from model.safetensors)."""
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    cfg = ModelConfig(**{k: v for k, v in meta.get("config", {}).items() if k in known})
-    cfg.architecture = meta.get("architecture", cfg.architecture)
-    cfg.pretrained = "none"
-    cfg.mean, cfg.std = tuple(meta["mean"]), tuple(meta["std"])
-    return cfg
+    values = {k: v for k, v in meta.get("config", {}).items() if k in ModelConfig.model_fields}
+    values.update(architecture=meta.get("architecture", values.get("architecture", "seed_cnn")), pretrained="none",
+                  mean=tuple(meta["mean"]), std=tuple(meta["std"]))
+    return ModelConfig(**values)
 
 
 def read_model_meta(run_dir: Path) -> dict[str, Any]:
@@ -210,6 +245,9 @@ def read_model_meta(run_dir: Path) -> dict[str, Any]:
             meta[key]  # noqa: B018 (presence check)
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise DataError(f"{path} is not a valid model description ({type(error).__name__}: {error}).") from None
+    if "head" not in meta:  # format 1 (before the head described itself): rebuild the model once to ask it
+        meta["head"] = model_meta(build_model(model_config_from_meta(meta), 1, int(meta["input_size_px"])),
+                                  ModelConfig())["head"]
     return meta
 
 

@@ -1,20 +1,25 @@
-"""Embedders: uint8 photos in, L2-normalised embeddings and classifier logits out."""
+"""Embedders: uint8 photos in, L2-normalised embeddings and classifier logits out (PyTorch or ONNX Runtime)."""
 
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
 
 import numpy as np
+import onnxruntime as ort
 import torch
 
 from landmarks.data.images import decode_image
-from landmarks.errors import ImageError
+from landmarks.errors import DataError, ImageError
+from landmarks.models.registry import load_model
 from landmarks.utils import progress
 
 log = logging.getLogger(__name__)
+
+INPUT, EMBEDDING, LOGITS = "images", "embedding", "logits"  # the names inside model.onnx
 
 
 class Embedder(Protocol):
@@ -62,6 +67,40 @@ class TorchEmbedder:
         if not embeddings:
             return np.zeros((0, self.model.embedding_dim), np.float32), np.zeros((0, self.model.num_classes), np.float32)
         return l2_normalize(np.concatenate(embeddings)), np.concatenate(logits).astype(np.float32)
+
+
+class OnnxEmbedder:
+    """Runs model.onnx in ONNX Runtime on uint8 NHWC photos."""
+
+    def __init__(self, onnx_path: Path, tta_flip: bool = False, threads: int | None = None):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3  # int8 graphs: one warning per constant the QDQ fusion leaves unused
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        shape = self.session.get_inputs()[0].shape
+        self.input_size_px = int(shape[1])
+        self.tta_flip = tta_flip
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        embedding, logits = self.session.run([EMBEDDING, LOGITS], {INPUT: images})
+        if self.tta_flip:
+            flipped_embedding, flipped_logits = self.session.run([EMBEDDING, LOGITS], {INPUT: np.ascontiguousarray(images[:, :, ::-1])})
+            embedding = embedding + flipped_embedding
+            logits = (logits + flipped_logits) / 2
+            embedding = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
+        return embedding.astype(np.float32), logits.astype(np.float32)
+
+
+def load_embedder(run_dir: Path, backend: str = "auto", tta_flip: bool = False) -> Embedder:
+    """The embedder of a run folder: ONNX Runtime when asked or when model.onnx exists, else PyTorch."""
+    onnx_path = Path(run_dir) / "model.onnx"
+    if backend == "onnx" or (backend == "auto" and onnx_path.exists()):
+        if not onnx_path.exists():
+            raise DataError(f"{run_dir} has no model.onnx; run `landmarks export {run_dir}` first.")
+        return OnnxEmbedder(onnx_path, tta_flip=tta_flip)
+    return TorchEmbedder(load_model(Path(run_dir)), tta_flip=tta_flip)
 
 
 def decode_batches(

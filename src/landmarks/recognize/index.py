@@ -3,7 +3,8 @@
 Index types (``index_type``):
 
 - ``flat``: exact search (``IndexFlatIP``); every query scans every reference (a BLAS matrix product when
-  queries come in batches: ~0.8 ms/query at 100k references, ~8 ms/query at 1M, 512-d, 2 cores).
+  queries come in batches: 4.1 ms/query at 1M references, 512-d, batches of 1000, 2 cores; the time grows
+  linearly with the number of references).
 - ``ivf``: ``IndexIVFFlat`` with ``METRIC_INNER_PRODUCT``: references are grouped into ``nlist`` cells
   (spherical k-means) and a query scans the ``nprobe`` cells nearest to it; vectors stay uncompressed.
 - ``ivfpq``: IVF + 4-bit product quantization scanned with SIMD (``IndexIVFPQFastScan``, ``pq_m`` sub-quantizers,
@@ -17,7 +18,7 @@ landmarks with few photos each (GLDv2: median 9 photos), the k-means cells follo
 landmark's photos fall in cells chosen by their noise, so a new photo of it finds its neighbours' cell only when
 a query scans ~40-50 % of the cells. IVF-flat scanning that much is slower than exact search (it is not a BLAS
 product); the PQ fast scan reads 32 bytes instead of 2 KB a vector and re-ranks exactly, which at 1M references
-gives recall@1 ~0.98 against exact search at ~0.6 ms/query (benchmarks/bench_index.py, section "Million-scale kNN"
+gives recall@1 0.973 against exact search at 0.24 ms/query (benchmarks/bench_index.py, section "Million-scale kNN"
 of benchmarks/RESULTS.md). On embeddings with tighter clusters a smaller ``nprobe`` gives the same recall faster:
 set ``index.nprobe``.
 
@@ -31,21 +32,22 @@ import json
 import logging
 import math
 import os
-import tempfile
 import threading
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, get_args
 
 import faiss
 import numpy as np
 import pandas as pd
 
+from landmarks.config import IndexType
 from landmarks.errors import DataError
+from landmarks.utils import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-INDEX_TYPES = ("auto", "flat", "ivf", "ivfpq")
-FLAT_BELOW = 100_000  # auto: exact search below this many references (~0.8 ms/query at 100k, 512-d, 2 cores)
+INDEX_TYPES: tuple[str, ...] = get_args(IndexType)
+FLAT_BELOW = 100_000  # auto: exact search below this many references (4.1 ms/query at 1M, so ~0.4 ms at 100k)
 MAX_NLIST = 65_536
 MIN_POINTS_PER_CELL = 39  # FAISS' k-means wants at least this many training points per centroid
 TRAIN_POINTS_PER_CELL = 64  # k-means training sample: this many references per IVF cell
@@ -160,8 +162,9 @@ def _warn_if_not_unit(vectors: np.ndarray) -> None:
 class EmbeddingIndex:
     """References searchable by cosine similarity; exact (flat) or approximate (IVF, IVF-PQ) by size or by choice.
 
-    ``search``, ``add`` and ``save`` hold one re-entrant lock, so a served index can enrol new references while
-    it answers queries."""
+    ``search``, ``add``, ``remove`` and ``save`` hold one re-entrant lock, so a served index can enrol new references
+    while it answers queries; positions returned by one ``search`` are only valid until the next ``remove`` (the
+    web service holds a readers-writer lock around search + lookup for that reason)."""
 
     def __init__(self, index: faiss.Index, image_ids: Sequence[str], landmark_ids: np.ndarray, index_type: str):
         if index.ntotal != len(image_ids) or index.ntotal != len(landmark_ids):
@@ -330,6 +333,60 @@ class EmbeddingIndex:
             self.landmark_ids = np.concatenate([self.landmark_ids, labels])
             self._counts = None
 
+    def vectors(self, positions: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """The stored embeddings (float32, exact for every index type) at ``positions``, or all of them."""
+        with self.lock:
+            wanted = np.arange(len(self), dtype=np.int64) if positions is None else np.asarray(positions, dtype=np.int64)
+            if wanted.size and (wanted.min() < 0 or wanted.max() >= len(self)):
+                raise ValueError(f"positions must lie in [0, {len(self)}), got {wanted.min()}..{wanted.max()}")
+            if self.index_type == "ivfpq":  # the refine index keeps the exact vectors beside the PQ codes
+                exact = faiss.downcast_index(faiss.downcast_index(self.index).refine_index)
+            elif self.index_type == "ivf":
+                exact = self._ivf()
+                exact.make_direct_map()  # no-op once made; IVF lists are not addressable by id without it
+            else:
+                exact = self.index
+            if positions is None:
+                return exact.reconstruct_n(0, len(self)) if len(self) else np.zeros((0, self.dim), np.float32)
+            return np.stack([exact.reconstruct(int(p)) for p in wanted]) if wanted.size else np.zeros((0, self.dim), np.float32)
+
+    def remove(self, positions: Sequence[int] | np.ndarray) -> int:
+        """Remove the references at ``positions``; the others keep their order and are renumbered from 0.
+
+        Flat: FAISS' ``remove_ids`` (the vectors after each removed one move down). IVF and IVF-PQ: the kept vectors
+        (exact, see ``vectors``) are added again to the emptied, still trained index, because FAISS' ``remove_ids``
+        there leaves holes in the ids that positions rely on. Returns how many were removed."""
+        with self.lock:
+            doomed = np.unique(np.asarray(positions, dtype=np.int64))
+            if not doomed.size:
+                return 0
+            if doomed.min() < 0 or doomed.max() >= len(self):
+                raise ValueError(f"positions must lie in [0, {len(self)}), got {doomed.min()}..{doomed.max()}")
+            keep = np.ones(len(self), dtype=bool)
+            keep[doomed] = False
+            if self.index_type == "flat":
+                self.index.remove_ids(faiss.IDSelectorBatch(doomed))
+            else:
+                kept = self.vectors(np.flatnonzero(keep))
+                self.index.reset()
+                if self.index_type == "ivf":
+                    self._ivf().make_direct_map(False)
+                if len(kept):
+                    self.index.add(kept)
+            self.image_ids = [i for i, k in zip(self.image_ids, keep) if k]
+            self.landmark_ids = self.landmark_ids[keep]
+            self._counts = None
+            if self.index.ntotal != len(self.image_ids):  # pragma: no cover - a FAISS contract, checked anyway
+                raise RuntimeError(f"index holds {self.index.ntotal} vectors after removal but {len(self.image_ids)} ids")
+            return int(doomed.size)
+
+    def positions_of(self, pairs: Iterable[tuple[str, int]]) -> np.ndarray:
+        """Positions of the references given as (image id, landmark id) pairs (one pass over the ids)."""
+        wanted = {(str(i), int(l)) for i, l in pairs}
+        with self.lock:
+            return np.asarray([p for p, (i, l) in enumerate(zip(self.image_ids, self.landmark_ids.tolist()))
+                               if (i, l) in wanted], dtype=np.int64)
+
     def save(self, folder: Path) -> None:
         """``index.faiss``, ``references.csv`` (position,image_id,landmark_id) and ``index.json`` (type, dim, count,
         nlist, nprobe), each written to a temporary file in ``folder`` and renamed over the old one."""
@@ -340,19 +397,11 @@ class EmbeddingIndex:
                     "nprobe": self.nprobe, "metric": "inner_product"}
             references = pd.DataFrame({"position": np.arange(len(self), dtype=np.int64), "image_id": self.image_ids,
                                        "landmark_id": self.landmark_ids})
-            temporary: dict[str, str] = {}
-            try:
-                for name in ("index.faiss", "references.csv", "index.json"):
-                    handle, temporary[name] = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=folder)
-                    os.close(handle)
-                faiss.write_index(self.index, temporary["index.faiss"])
-                references.to_csv(temporary["references.csv"], index=False)
-                Path(temporary["index.json"]).write_text(json.dumps(meta, indent=1) + "\n")
-                for name in ("index.faiss", "references.csv", "index.json"):  # index.json last: it vouches for the rest
-                    os.replace(temporary.pop(name), folder / name)
-            finally:
-                for path in temporary.values():
-                    Path(path).unlink(missing_ok=True)
+            with atomic_path(folder / "index.faiss") as tmp:
+                faiss.write_index(self.index, str(tmp))
+            with atomic_path(folder / "references.csv") as tmp:
+                references.to_csv(tmp, index=False)
+            atomic_write_text(folder / "index.json", json.dumps(meta, indent=1) + "\n")  # last: vouches for the rest
 
     @classmethod
     def load(cls, folder: Path) -> "EmbeddingIndex":

@@ -5,24 +5,22 @@ predict, submit, evaluate and the web service all go through it; none re-impleme
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import yaml
 
-from landmarks.config import RecognizeConfig
+from landmarks.config import RecognizeConfig, load_run_config
+from landmarks.data.catalog import NO_LANDMARK, NO_LANDMARK_NAME
 from landmarks.errors import DataError
-from landmarks.recognize.embed import Embedder, TorchEmbedder, embed_paths
+from landmarks.models.registry import read_model_meta
+from landmarks.recognize.embed import Embedder, embed_paths, load_embedder
 from landmarks.recognize.index import EmbeddingIndex
 
 log = logging.getLogger(__name__)
-
-NO_LANDMARK = -1
 
 
 @dataclass
@@ -49,9 +47,6 @@ class Prediction:
     candidates: list[Candidate] = field(default_factory=list)
     neighbours: list[Neighbour] = field(default_factory=list)
     known: bool = True  # False when the confidence is below recognize.min_confidence: "no known landmark"
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -92,21 +87,15 @@ class Recognizer:
         for required in ("model.json", "labels.csv"):
             if not (run_dir / required).exists():
                 raise DataError(f"{run_dir} is not a run folder: {required} is missing.")
-        config = RecognizeConfig()
-        config_path = run_dir / "config.yaml"
-        if config_path.exists():
-            saved = (yaml.safe_load(config_path.read_text()) or {}).get("recognize", {}) or {}
-            for key, value in saved.items():
-                if hasattr(config, key):
-                    setattr(config, key, value)
+        config = load_run_config(run_dir).recognize
         if tta_flip is not None:
             config.tta_flip = tta_flip
+        logit_scale = read_model_meta(run_dir)["head"]["logit_scale"]
         embedder = load_embedder(run_dir, backend, config.tta_flip)
         labels = pd.read_csv(run_dir / "labels.csv")
         names = {int(l): str(n) for l, n in zip(labels["landmark_id"], labels["name"])}
         index = EmbeddingIndex.load(run_dir / "index") if (run_dir / "index" / "index.faiss").exists() else None
-        model_config = json.loads((run_dir / "model.json").read_text()).get("config", {})
-        return cls(embedder, labels["landmark_id"].to_numpy(), names, index, config, run_dir, logit_scale_of(model_config))
+        return cls(embedder, labels["landmark_id"].to_numpy(), names, index, config, run_dir, logit_scale)
 
     @property
     def input_size_px(self) -> int:
@@ -211,31 +200,10 @@ class Recognizer:
                 for s, p, l in zip(similarities[row, : cfg.show_neighbours], positions[row], neighbour_labels[row])
                 if p >= 0
             ]
-            best = candidates[0] if candidates else Candidate(NO_LANDMARK, "(no landmark)", 0.0)
+            best = candidates[0] if candidates else Candidate(NO_LANDMARK, NO_LANDMARK_NAME, 0.0)
             results.append(
                 Prediction(
                     best.landmark_id, best.name, best.score, candidates, neighbours, best.score >= cfg.min_confidence
                 )
             )
         return results
-
-
-def logit_scale_of(model_config: dict) -> float | None:
-    """The ArcFace scale of a model's logits, or None for a softmax head."""
-    if model_config.get("architecture") == "glr" or model_config.get("head") == "arcface":
-        return float(model_config.get("arcface_scale", 30.0))
-    return None
-
-
-def load_embedder(run_dir: Path, backend: str = "auto", tta_flip: bool = False) -> Embedder:
-    """The embedder of a run folder: ONNX Runtime when asked or when model.onnx exists, else PyTorch."""
-    onnx_path = run_dir / "model.onnx"
-    if backend == "onnx" or (backend == "auto" and onnx_path.exists()):
-        from landmarks.export.onnx import OnnxEmbedder
-
-        if not onnx_path.exists():
-            raise DataError(f"{run_dir} has no model.onnx; run `landmarks export {run_dir}` first.")
-        return OnnxEmbedder(onnx_path, tta_flip=tta_flip)
-    from landmarks.models.registry import load_model
-
-    return TorchEmbedder(load_model(run_dir), tta_flip=tta_flip)

@@ -1,4 +1,4 @@
-"""Reference embeddings computed by N workers, each on its shard of the catalog, merged into one index.
+"""Building a run's reference index from photos: non-landmark photos, and embeddings computed by N workers, each on its shard of the catalog, merged into one index.
 
 Shard k of N takes rows k, k+N, k+2N, ... of the catalog, so shards are balanced whatever the order. Each
 worker writes ``shard-k-of-N.npz`` (positions, image ids, landmark ids, embeddings); the merge puts rows back
@@ -15,7 +15,8 @@ import numpy as np
 
 from landmarks.data.catalog import read_catalog
 from landmarks.errors import DataError
-from landmarks.recognize.embed import Embedder, embed_paths
+from landmarks.data.catalog import IMAGE_SUFFIXES, NO_LANDMARK
+from landmarks.recognize.embed import Embedder, embed_paths, load_embedder
 from landmarks.recognize.index import EmbeddingIndex
 
 log = logging.getLogger(__name__)
@@ -55,3 +56,17 @@ def merge_shards(files: Sequence[Path], index_type: str = "auto") -> EmbeddingIn
     image_ids = np.concatenate([p["image_ids"] for p in parts])[order].tolist()
     landmark_ids = np.concatenate([p["landmark_ids"] for p in parts])[order]
     return EmbeddingIndex.build(embeddings, image_ids, landmark_ids, index_type=index_type)
+
+
+def add_non_landmarks(run_dir: Path, folder: Path, backend: str = "auto") -> tuple[int, int]:
+    """Add the photos under ``folder`` (showing no known landmark) to the run's index as landmark -1, so that a
+    query close to one of them loses confidence; returns (photos added, unreadable photos skipped)."""
+    photos = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not photos:
+        raise DataError(f"No photos ({', '.join(IMAGE_SUFFIXES)}) found in {folder}.")
+    index = EmbeddingIndex.load(Path(run_dir) / "index")
+    embeddings, _, valid, failures = embed_paths(load_embedder(Path(run_dir), backend), photos, desc="non-landmarks")
+    kept = [f"non-landmark:{p.name}" for p, ok in zip(photos, valid) if ok]
+    index.add(embeddings, kept, [NO_LANDMARK] * len(kept))
+    index.save(Path(run_dir) / "index")
+    return len(kept), len(failures)

@@ -1,86 +1,26 @@
-"""Training: epochs, validation, early stopping, atomic checkpoints, resume, and the run folder."""
+"""The Trainer: epochs, validation, early stopping, precise BatchNorm, atomic checkpoints and resume."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-import yaml
 from torch.utils.data import DataLoader, TensorDataset
 
-from landmarks.config import Config, dump_config, load_config
-from landmarks.data.augment import (
-    CachedImageDataset,
-    build_train_transform,
-    class_balanced_sampler,
-    class_weights,
-)
-from landmarks.data.catalog import Catalog, read_catalog
-from landmarks.data.images import ImageCache
-from landmarks.data.sampling import sample_top_landmarks, stratified_split
-from landmarks.errors import LandmarksError
-from landmarks.models.registry import LandmarkModel, build_model, save_model
+from landmarks.config import Config
+from landmarks.data.augment import CachedImageDataset, build_train_transform, class_balanced_sampler, class_weights
+from landmarks.data.prepared import PreparedData
+from landmarks.models.registry import LandmarkModel, build_model, model_meta
 from landmarks.train import distributed
-from landmarks.utils import atomic_torch_save, progress, seed_everything
+from landmarks.utils import atomic_torch_save, progress
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PreparedData:
-    """A catalog encoded to class indices, split, and decoded into the image cache."""
-
-    frame: pd.DataFrame  # id, path, landmark_id, class_index, split
-    names: dict[int, str]
-    landmark_ids: np.ndarray  # class_index -> landmark_id
-    cache: ImageCache
-
-    def indices(self, split: str) -> np.ndarray:
-        return np.flatnonzero((self.frame["split"] == split).to_numpy() & self.cache.valid)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.landmark_ids)
-
-
-def prepare_data(config: Config, data_dir: Path) -> PreparedData:
-    """Read, sample, encode and split the training data, and fill the image cache."""
-    catalog: Catalog = read_catalog(data_dir, "train")
-    frame = catalog.frame[catalog.frame["landmark_id"] >= 0]
-    if config.data.top_classes or config.data.max_per_class:
-        frame = sample_top_landmarks(frame, config.data.top_classes, config.data.max_per_class, config.train.seed)
-    frame = frame.reset_index(drop=True).copy()
-    landmark_ids = np.sort(frame["landmark_id"].unique())
-    frame["class_index"] = np.searchsorted(landmark_ids, frame["landmark_id"].to_numpy())
-    train_idx, val_idx, test_idx = stratified_split(
-        frame["class_index"].to_numpy(), config.data.val_fraction, config.data.test_fraction, config.train.seed
-    )
-    split = np.empty(len(frame), dtype=object)
-    split[train_idx], split[val_idx], split[test_idx] = "train", "val", "test"
-    frame["split"] = split
-    cache = ImageCache.build(
-        frame["path"].tolist(), config.data.image_size_px, config.data.cache_dir, workers=max(1, config.train.workers)
-    )
-    names = {int(i): catalog.name_of(int(i)) for i in landmark_ids}
-    return PreparedData(frame, names, landmark_ids, cache)
-
-
-def write_labels(data: PreparedData, run_dir: Path) -> None:
-    """``labels.csv``: class_index, landmark_id, name."""
-    pd.DataFrame(
-        {
-            "class_index": np.arange(data.num_classes),
-            "landmark_id": data.landmark_ids,
-            "name": [data.names[int(i)] for i in data.landmark_ids],
-        }
-    ).to_csv(run_dir / "labels.csv", index=False)
 
 
 def make_optimizer(config: Config, model: LandmarkModel) -> torch.optim.Optimizer:
@@ -217,7 +157,7 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     self.optimizer.step()
-            if self.config.model.head == "arcface" or self.config.model.architecture == "glr":
+            if self.model.logit_scale is not None:  # logits carry the training margin: accuracy from plain ones
                 with torch.no_grad():
                     predicted = self.model.plain_logits(embedding).argmax(1)
             else:
@@ -260,6 +200,7 @@ class Trainer:
 
     def checkpoint(self) -> dict:
         return {
+            "meta": model_meta(self.model, self.config.model),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
@@ -341,7 +282,8 @@ class Trainer:
                 self.epochs_without_improvement += 1
             if distributed.is_main():
                 if improved:
-                    atomic_torch_save(self.model.state_dict(), checkpoints / "best.pt")
+                    atomic_torch_save({"meta": model_meta(self.model, self.config.model), "model": self.model.state_dict()},
+                                      checkpoints / "best.pt")
                 atomic_torch_save(self.checkpoint(), checkpoints / "last.pt")
                 pd.DataFrame(self.history).to_csv(self.run_dir / "history.csv", index=False)
             log.info(
@@ -362,7 +304,7 @@ class Trainer:
                 self.run_dir / "history.csv", index=False)
         best = checkpoints / "best.pt"
         if best.exists():
-            self.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True))
+            self.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
 
     def _monitored(self, row: dict, has_val: bool) -> float:
         if not has_val:
@@ -370,59 +312,3 @@ class Trainer:
         if self.config.train.monitor == "val_accuracy":
             return -row["val_accuracy"]
         return row["val_loss"]
-
-
-def train(config: Config, data_dir: Path, run_dir: Path, resume: bool = False) -> Path:
-    """Train a model and write the complete run folder; returns the run folder."""
-    run_dir = Path(run_dir)
-    if resume:
-        if not (run_dir / "checkpoints" / "last.pt").exists():
-            raise LandmarksError(f"Nothing to resume in {run_dir}: checkpoints/last.pt is missing.")
-        config = load_config(str(run_dir / "config.yaml"))
-    elif (run_dir / "model.json").exists() or (run_dir / "checkpoints" / "last.pt").exists():
-        raise LandmarksError(f"Run folder {run_dir} already holds a run; pass --resume to continue it or choose another --out.")
-    seed_everything(config.train.seed)
-    distributed.setup()
-    with distributed.main_first():
-        data = prepare_data(config, Path(data_dir))
-    if distributed.is_main():
-        (run_dir / "plots").mkdir(parents=True, exist_ok=True)
-        dump_config(config, run_dir / "config.yaml")
-        write_labels(data, run_dir)
-        data.frame[["id", "path", "landmark_id", "split"]].assign(valid=data.cache.valid).to_csv(
-            run_dir / "split.csv", index=False
-        )
-    trainer = Trainer(config, data, run_dir)
-    parameters = f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters"
-    if config.model.architecture == "seed_cnn":
-        from landmarks.models.seed_cnn import keras_parameter_count
-
-        parameters += f" ({keras_parameter_count(trainer.model):,} as Keras counts them, BatchNorm statistics included)"
-    log.info(
-        "%s: %d classes, %d/%d/%d train/val/test photos, %s",
-        config.model.architecture, data.num_classes, len(data.indices("train")), len(data.indices("val")),
-        len(data.indices("test")), parameters,
-    )
-    if resume:
-        trainer.restore(torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False))
-        log.info("resuming %s at epoch %d", run_dir, trainer.start_epoch)
-    if distributed.is_main() and not resume:
-        from landmarks.evaluate.report import plot_augmentation_grid
-
-        plot_augmentation_grid(config, data, run_dir / "plots" / "augmentations.png")
-    trainer.fit()
-    if distributed.is_main():
-        save_model(trainer.model, run_dir, config.model, config.data.image_size_px)
-        from landmarks.evaluate.report import finish_run
-
-        finish_run(run_dir, config, data, trainer.model)
-    distributed.cleanup()
-    return run_dir
-
-
-def read_history(run_dir: Path) -> pd.DataFrame:
-    return pd.read_csv(run_dir / "history.csv")
-
-
-def read_config(run_dir: Path) -> dict:
-    return yaml.safe_load((run_dir / "config.yaml").read_text())

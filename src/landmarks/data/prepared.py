@@ -1,0 +1,62 @@
+"""Training data made ready: a catalog sampled, encoded to class indices, split, and decoded into the image cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from landmarks.config import Config
+from landmarks.data.catalog import read_catalog
+from landmarks.data.images import ImageCache
+from landmarks.data.sampling import sample_top_landmarks, stratified_split
+from landmarks.utils import atomic_path
+
+
+@dataclass
+class PreparedData:
+    """A catalog encoded to class indices, split, and decoded into the image cache."""
+
+    frame: pd.DataFrame  # id, path, landmark_id, class_index, split
+    names: dict[int, str]
+    landmark_ids: np.ndarray  # class_index -> landmark_id
+    cache: ImageCache
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero((self.frame["split"] == split).to_numpy() & self.cache.valid)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.landmark_ids)
+
+
+def prepare_data(config: Config, data_dir: Path) -> PreparedData:
+    """Read, sample, encode and split the training data, and fill the image cache."""
+    catalog = read_catalog(data_dir, "train")
+    frame = catalog.frame[catalog.frame["landmark_id"] >= 0]
+    if config.data.top_classes or config.data.max_per_class:
+        frame = sample_top_landmarks(frame, config.data.top_classes, config.data.max_per_class, config.train.seed)
+    frame = frame.reset_index(drop=True).copy()
+    landmark_ids = np.sort(frame["landmark_id"].unique())
+    frame["class_index"] = np.searchsorted(landmark_ids, frame["landmark_id"].to_numpy())
+    train_idx, val_idx, test_idx = stratified_split(
+        frame["class_index"].to_numpy(), config.data.val_fraction, config.data.test_fraction, config.train.seed
+    )
+    split = np.empty(len(frame), dtype=object)
+    split[train_idx], split[val_idx], split[test_idx] = "train", "val", "test"
+    frame["split"] = split
+    cache = ImageCache.build(
+        frame["path"].tolist(), config.data.image_size_px, config.data.cache_dir, workers=max(1, config.train.workers)
+    )
+    names = {int(i): catalog.name_of(int(i)) for i in landmark_ids}
+    return PreparedData(frame, names, landmark_ids, cache)
+
+
+def write_labels(data: PreparedData, run_dir: Path) -> None:
+    """``labels.csv``: class_index, landmark_id, name."""
+    labels = pd.DataFrame({"class_index": np.arange(data.num_classes), "landmark_id": data.landmark_ids,
+                           "name": [data.names[int(i)] for i in data.landmark_ids]})
+    with atomic_path(run_dir / "labels.csv") as tmp:
+        labels.to_csv(tmp, index=False)

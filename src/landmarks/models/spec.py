@@ -1,0 +1,57 @@
+"""What a model is made of (``ModelConfig``), and the base of every config section."""
+
+from __future__ import annotations
+
+import types
+from typing import Any, Union, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+
+class Section(BaseModel):
+    """A config section: unknown keys refused, values checked on assignment too.
+
+    From YAML or the command line, ``none``/``null`` clears an optional value and ``0.5,0.5,0.5`` fills a tuple.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_text(cls, values: Any) -> Any:
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        for key, value in values.items():
+            field = cls.model_fields.get(key)
+            if field is None or not isinstance(value, str):
+                continue
+            annotation = field.annotation
+            optional = get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
+            if optional and value.strip().lower() in ("none", "null", ""):
+                values[key] = None
+            elif any(get_origin(a) is tuple for a in (annotation, *get_args(annotation))):
+                values[key] = [part for part in value.strip("()[] ").split(",") if part.strip()]
+        return values
+
+
+class ModelConfig(Section):
+    """Architecture: seed_cnn (from scratch), classifier (backbone + dense head) or glr (GeM + ArcFace)."""
+
+    architecture: str = "seed_cnn"  # a name in landmarks.models.registry.ARCHITECTURES
+    backbone: str = ""  # any timm model name
+    pretrained: str = "none"  # none | imagenet (offline sources only) | hub (explicit download) | /path/to/weights
+    mean: tuple[float, float, float] | None = None  # None: from the backbone (seed_cnn: 0, i.e. inputs in [0, 1])
+    std: tuple[float, float, float] | None = None
+    pooling: str = "avg"  # a name in landmarks.models.pooling.POOLING
+    gem_p: float = 3.0
+    embedding_dim: int = 512  # neck / dense layer width
+    dropout: float = 0.5
+    dense_l2: float = 1e-4  # seed_cnn: L2 on the 512-unit dense layer (Keras kernel_regularizer)
+    dropout_before_batchnorm: bool = True  # seed_cnn: the seed's Dense -> Dropout -> BatchNorm order
+    batchnorm_momentum: float = 0.99  # seed_cnn, Keras convention: moving = m * moving + (1 - m) * batch
+    head: str = "softmax"  # classifier: a name in landmarks.models.registry.HEADS (glr is always arcface)
+    arcface_scale: float = 30.0
+    arcface_subcenters: int = 3
+    arcface_margin_min: float = 0.05  # radians; per-class margin = min + range * normalised(count^-1/4)
+    arcface_margin_range: float = 0.45
