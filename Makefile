@@ -6,7 +6,8 @@ DATA   ?= $(LANDMARKS_DATA)
 PRESET ?= glr
 RUN    ?= runs/demo-$(PRESET)
 
-.PHONY: install test test-fast demo bench browser-deps clean
+.PHONY: install test test-fast demo bench browser-deps clean web
+.DEFAULT_GOAL := install
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -16,7 +17,25 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The live page's JavaScript runtime (npm's onnxruntime-web, pinned in package-lock.json), copied into the
+# package (src/landmarks/web/ort, git-ignored); the list must match landmarks.export.web.RUNTIME_FILES.
+NPM         := $(shell command -v npm 2>/dev/null)
+WEB_RUNTIME := src/landmarks/web/ort/.installed
+ORT_FILES   := ort.wasm.min.mjs ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm \
+               ort.webgpu.min.mjs ort-wasm-simd-threaded.asyncify.mjs ort-wasm-simd-threaded.asyncify.wasm
+
+$(WEB_RUNTIME): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(dir $@)
+	cd node_modules/onnxruntime-web/dist && cp $(ORT_FILES) $(CURDIR)/$(dir $@)
+	touch $@
+
+web: $(WEB_RUNTIME)
+
+install: $(STAMP) $(if $(NPM),$(WEB_RUNTIME))
+ifeq ($(NPM),)
+	@echo "npm not found: all installed except the live page's runtime; install Node.js 20 and npm, then run make web."
+endif
 
 test: install
 	$(PY) -m pytest -q

@@ -40,7 +40,8 @@ def main() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     landmarks = Path(sys.executable).with_name("landmarks")
-    server = subprocess.Popen([str(landmarks), "serve", str(run), "--port", str(port)], stdout=subprocess.DEVNULL,
+    server = subprocess.Popen([str(landmarks), "serve", str(run), "--port", str(port), "--predict-per-minute", "0"],
+                              stdout=subprocess.DEVNULL,  # one client sends every request: no per-client limit
                               stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:

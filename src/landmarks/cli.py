@@ -59,7 +59,8 @@ def _print_run_summary(run_dir: Path) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from landmarks.evaluate.report import evaluate_run
 
-    result, out_dir = evaluate_run(_existing_dir(args.run), _existing_dir(args.data), backend=args.backend)
+    result, out_dir = evaluate_run(_existing_dir(args.run), _existing_dir(args.data), backend=args.backend,
+                                   trained_only=args.trained_only)
     for key in ("accuracy", "top5_accuracy", "gap", "map_at_100"):
         if key in result:
             print(f"{key:<14} {result[key]:.4f}")
@@ -94,14 +95,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
     images = _collect_images(args.paths)
     return predict_to_stream(
         recognizer_run, images, top_k=args.top_k, as_json=args.json, out=Path(args.out) if args.out else None,
-        backend=args.backend, batch_size=args.batch_size,
+        backend=args.backend, batch_size=args.batch_size, trained_only=args.trained_only,
     )
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from landmarks.evaluate.report import write_submission
 
-    rows, failed = write_submission(_existing_dir(args.run), _existing_dir(args.data), Path(args.out), backend=args.backend)
+    rows, failed = write_submission(_existing_dir(args.run), _existing_dir(args.data), Path(args.out), backend=args.backend,
+                                    trained_only=args.trained_only)
     print(f"wrote {rows} predictions to {args.out}" + (f" ({failed} unreadable images left empty)" if failed else ""))
     return 0
 
@@ -110,6 +112,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from landmarks.export.onnx import export_run
 
     report = export_run(_existing_dir(args.run), quantize=args.quantize)
+    if args.web:
+        from landmarks.export.web import export_web
+
+        report.update(export_web(Path(args.run), Path(args.web), per_landmark=args.prototypes))
     for key, value in report.items():
         print(f"{key:<28} {value}")
     return 0
@@ -117,8 +123,42 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from landmarks.serve.app import serve
+    from landmarks.serve.settings import Settings
 
-    serve(_existing_dir(args.run), host=args.host, port=args.port, backend=args.backend)
+    settings = Settings(open=args.open, allow_anonymous_suggestions=args.allow_anonymous_suggestions,
+                        keep_uploads_hours=args.keep_uploads, max_uploads=args.max_uploads,
+                        predict_per_minute=args.predict_per_minute, suggestions_per_hour=args.suggestions_per_hour,
+                        max_pending_per_client=args.max_pending)
+    serve(_existing_dir(args.run), host=args.host, port=args.port, backend=args.backend, settings=settings)
+    return 0
+
+
+def cmd_serve_admin(args: argparse.Namespace) -> int:
+    from landmarks.serve import admin
+
+    run = _existing_dir(args.run)
+    if args.action == "create":
+        token_id, secret = admin.create_token(run, args.role, args.name)
+        print(f"token {token_id} ({args.role}{', ' + args.name if args.name else ''}); shown this once, keep it safe:")
+        print(secret)
+    elif args.action == "list":
+        print(admin.format_tokens(admin.list_tokens(run)))
+    else:
+        admin.revoke_token(run, args.token_id)
+        print(f"token {args.token_id} revoked")
+    return 0
+
+
+def cmd_feedback_export(args: argparse.Namespace) -> int:
+    from landmarks.serve.feedback import export_feedback
+
+    report = export_feedback(_existing_dir(args.run), Path(args.out), _existing_dir(args.base) if args.base else None)
+    print(f"wrote {report.photos_written} approved photos" + (f" beside {report.base_photos} from {args.base}" if args.base else "")
+          + f" ({report.landmarks} landmarks) to {report.out_dir}; train on it with: landmarks train --data {report.out_dir}")
+    if report.removed_from_base:
+        print(f"left out {report.removed_from_base} base photos the service removed or moved")
+    if report.without_photo:
+        print(f"skipped {report.without_photo} approved references whose photo was not kept")
     return 0
 
 
@@ -194,12 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. train.epochs=5")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", parents=[backend], help="accuracy, GAP, mAP@100 on DIR's test.csv + *_solution.csv")
+    references = argparse.ArgumentParser(add_help=False)  # shared by the verbs that search the references
+    references.add_argument("--trained-only", action="store_true",
+                            help="the trained references only, without what the web service approved (RUN/store.sqlite)")
+
+    p = sub.add_parser("evaluate", parents=[backend, references], help="accuracy, GAP, mAP@100 on DIR's test.csv + *_solution.csv")
     p.add_argument("run")
     p.add_argument("--data", required=True)
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", parents=[backend], help="top-k landmarks for photos or folders of photos")
+    p = sub.add_parser("predict", parents=[backend, references], help="top-k landmarks for photos or folders of photos")
     p.add_argument("run")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--top-k", type=int, default=3)
@@ -208,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("submit", parents=[backend], help="Kaggle submission.csv for DIR's test.csv")
+    p = sub.add_parser("submit", parents=[backend, references], help="Kaggle submission.csv for DIR's test.csv")
     p.add_argument("run")
     p.add_argument("--data", required=True)
     p.add_argument("--out", default="submission.csv")
@@ -217,13 +261,47 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="write model.onnx into the run folder and verify it")
     p.add_argument("run")
     p.add_argument("--quantize", choices=("int8",), help="also write an int8 model (model.int8.onnx) and report its accuracy")
+    p.add_argument("--web", metavar="DIR", help="also write the device bundle (live page, model, prototypes) into DIR")
+    p.add_argument("--prototypes", type=int, default=8, metavar="N",
+                   help="--web: prototypes per landmark (k-means centres of its reference embeddings; default 8)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("serve", parents=[backend], help="web page and REST API over a run")
     p.add_argument("run")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--open", action="store_true", help="anyone may change the references without a token (a laptop demo)")
+    p.add_argument("--allow-anonymous-suggestions", action="store_true", help="visitors without a token may suggest, for review")
+    p.add_argument("--keep-uploads", type=float, default=24.0, metavar="HOURS",
+                   help="keep a predicted photo this long so that feedback can refer to it (0: keep none; default 24)")
+    p.add_argument("--max-uploads", type=int, default=1000, metavar="N", help="keep at most N predicted photos (default 1000)")
+    p.add_argument("--predict-per-minute", type=float, default=60.0, metavar="N",
+                   help="predictions per client and minute (0: no limit; default 60)")
+    p.add_argument("--suggestions-per-hour", type=float, default=30.0, metavar="N",
+                   help="suggesting requests per client and hour (0: no limit; default 30)")
+    p.add_argument("--max-pending", type=int, default=50, metavar="N",
+                   help="photos one client may have waiting for review (0: no limit; default 50)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("serve-admin", help="tokens of the web service: token create|list|revoke")
+    p.add_argument("run")
+    tokens = p.add_subparsers(dest="what", required=True, metavar="token").add_parser("token", help="create, list or revoke tokens")
+    actions = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
+    create = actions.add_parser("create", help="a new token, printed once")
+    create.add_argument("--role", required=True, choices=("admin", "contributor"))
+    create.add_argument("--name", default="", help="who it is for (shown in the review queue and the audit trail)")
+    actions.add_parser("list", help="every token (id, role, created, state, name); never a secret")
+    revoke = actions.add_parser("revoke", help="a token stops working at once")
+    revoke.add_argument("token_id", type=int, metavar="ID")
+    p.set_defaults(func=cmd_serve_admin)
+
+    p = sub.add_parser("feedback", help="the service's approved contributions: feedback export RUN --out DIR [--base DATA]")
+    verbs = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    export = verbs.add_parser("export", help="approved photos as a GLDv2-layout dataset that `landmarks train --data` reads")
+    export.add_argument("run")
+    export.add_argument("--out", required=True, help="an empty folder for the dataset")
+    export.add_argument("--base", help="the training data to merge with (listed by path, not copied)")
+    export.set_defaults(func=cmd_feedback_export)
 
     p = sub.add_parser("sample", help="the K most frequent landmarks, at most N photos each, as a new dataset")
     p.add_argument("--data", required=True)

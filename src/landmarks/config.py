@@ -85,10 +85,14 @@ class RecognizeConfig(Section):
     non_landmark_penalty: float = 1.0  # how hard a close non-landmark reference photo pulls the confidence down
     min_confidence: float = 0.3  # below this a prediction is shown as "no known landmark" (GAP still ranks it)
     target_precision: float = Field(0.95, gt=0, le=1)  # calibration: min_confidence for this precision of known answers
+    calibration: Literal["platt", "isotonic", "gate", "none"] = "platt"  # confidence -> P(right) map fitted after training
+    hidden_landmarks: Literal["model", "leave-out"] = "model"  # calibration's unknown landmarks: a model trained without
+    # a quarter of them (ArcFace heads), or each held-out photo asked with its own landmark left out
     show_neighbours: int = 5  # nearest reference photos reported with each prediction
     tta_flip: bool = False  # average the embedding of the photo and its mirror image
     classifier_score: Literal["auto", "cosine", "softmax"] = "auto"  # auto: cosine for ArcFace heads, else softmax
     calibrate: bool = False  # after training, choose knn_weight by GAP on the validation split (vs training photos)
+    geo_radius_km: float = Field(50.0, ge=0)  # geo prior: landmarks farther than this from the photo lose confidence (0: off)
 
 
 class Config(BaseModel):

@@ -22,14 +22,18 @@ def _image(size: int = 32) -> torch.Tensor:
 
 
 def test_all_augmentations_keep_shape_and_dtype():
+    """Every augmentation on at once keeps uint8 CHW at the size, changes the photo, and differs from view to view."""
     cfg = AugmentConfig(rotation_deg=20, horizontal_flip=True, vertical_flip=True, brightness=0.3, contrast=0.3,
                         zoom=0.2, translate=0.1, crop_scale_min=0.5)
+    torch.manual_seed(0)
     for fill in ("reflect", "black"):
         cfg.fill = fill
         transform = build_train_transform(cfg, 32)
-        for _ in range(5):
-            out = transform(_image())
+        outs = [transform(_image()) for _ in range(5)]
+        for out in outs:
             assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+            assert not torch.equal(out, _image())
+        assert len({out.numpy().tobytes() for out in outs}) == 5
 
 
 @pytest.mark.parametrize("cfg", [AugmentConfig(enabled=False, rotation_deg=30, horizontal_flip=True, brightness=0.5),

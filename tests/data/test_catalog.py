@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from landmarks.data.catalog import Catalog, read_catalog, write_catalog
+from landmarks.data.catalog import Catalog, info_from_table, read_catalog, write_catalog
+from landmarks.data.prepared import PreparedData, write_labels
 from landmarks.errors import DataError
 from tests_helpers import photo
 
@@ -134,3 +135,42 @@ def test_real_landmarks_mini(landmarks_data: Path):
     assert Path(train.frame["path"].iloc[0]).is_file() and len(train.names) >= 41
     test = read_catalog(landmarks_data, "test")
     assert len(test.frame) == 187 and (test.frame["landmark_id"] == -1).sum() == 88
+
+
+def test_landmark_info_travels_from_landmarks_csv_to_the_run(tmp_path: Path):
+    (tmp_path / "train.csv").write_text("id,landmark_id\nabc1,3\nabc2,5\nabc3,9\n")
+    (tmp_path / "landmarks.csv").write_text(
+        "landmark_id,name,latitude,longitude,url,description\n"
+        "3,Qutb Minar,28.5245,77.1855,https://en.wikipedia.org/wiki/Qutb_Minar,\"A minaret, 73 m\"\n"
+        "5,Somewhere,,,,\n"
+        "9,Half,12.5,,https://x.org/half,\n")
+    catalog = read_catalog(tmp_path)
+    assert catalog.info[3] == {"latitude": 28.5245, "longitude": 77.1855, "url": "https://en.wikipedia.org/wiki/Qutb_Minar",
+                               "description": "A minaret, 73 m"}
+    assert 5 not in catalog.info and catalog.info[9] == {"url": "https://x.org/half"}  # a lone latitude is dropped
+    data = PreparedData(catalog.frame.assign(class_index=[0, 1, 2]), catalog.names, np.array([3, 5, 9]), None, catalog.info)
+    write_labels(data, tmp_path)
+    labels = pd.read_csv(tmp_path / "labels.csv")
+    assert list(labels.columns) == ["class_index", "landmark_id", "name", "latitude", "longitude", "url", "description"]
+    assert info_from_table(labels) == catalog.info
+    copy = write_catalog(catalog.frame, catalog.names, tmp_path / "copy", catalog.info)
+    assert read_catalog(copy).info == catalog.info
+
+
+@pytest.mark.parametrize("value, message", [("north", "not a number"), ("91", r"outside \[-90, 90\]")])
+def test_bad_coordinates_are_one_sentence(tmp_path: Path, value: str, message: str):
+    (tmp_path / "train.csv").write_text("id,landmark_id\nabc1,3\n")
+    (tmp_path / "landmarks.csv").write_text(f"landmark_id,name,latitude,longitude\n3,X,{value},10\n")
+    with pytest.raises(DataError, match=message):
+        read_catalog(tmp_path)
+
+
+def test_gldv2_categories_give_names_and_urls(tmp_path: Path):
+    (tmp_path / "train.csv").write_text("id,landmark_id\nabc1,3\nabc2,4\n")
+    (tmp_path / "train_label_to_category.csv").write_text(
+        "landmark_id,category\n3,http://commons.wikimedia.org/wiki/Category:Haleakal%C4%81_National_Park\n"
+        "4,http://commons.wikimedia.org/wiki/Category:Tower_Bridge\n")
+    (tmp_path / "landmarks.csv").write_text("landmark_id,name\n4,London's Tower Bridge\n")
+    catalog = read_catalog(tmp_path)
+    assert catalog.name_of(3) == "Haleakalā National Park" and catalog.name_of(4) == "London's Tower Bridge"
+    assert catalog.info[4] == {"url": "http://commons.wikimedia.org/wiki/Category:Tower_Bridge"}

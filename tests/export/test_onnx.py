@@ -47,9 +47,14 @@ def test_recognizer_uses_onnx_when_present_and_agrees_with_torch(run: Path, tiny
 
 
 def test_int8_export_reports_the_change_in_accuracy_and_gap(run: Path):
+    """The int8 model is smaller, and the reported change is int8 minus fp32 on the run's 8 validation photos."""
     report = export_run(run, quantize="int8", check_photos=4)
     assert (run / "model.int8.onnx").stat().st_size < (run / "model.onnx").stat().st_size
-    assert "int8 change accuracy / GAP" in report and report["validation_photos"] > 0
+    assert report["validation_photos"] == 8
+    fp32, int8, change = ([float(v) for v in report[f"{kind} accuracy / GAP"].split(" / ")]
+                          for kind in ("fp32", "int8", "int8 change"))
+    assert all(0 <= v <= 1 for v in fp32 + int8)
+    assert change == pytest.approx([int8[0] - fp32[0], int8[1] - fp32[1]], abs=2e-4)
 
 
 def test_same_padding_is_static_and_folded_into_the_convolutions(tmp_path: Path):

@@ -107,6 +107,13 @@ def test_keras_same_pooling_keeps_odd_edges():
 
 
 def test_head_without_model():
+    """In eval mode the embedding is BatchNorm(ReLU(Dense(flattened map))) and the logits are the last Dense of it."""
     head = SeedCNNHead(512, 7).eval()
-    embedding, logits = head(torch.rand(2, 512, 1, 1))
+    feature_map = torch.rand(2, 512, 1, 1)
+    embedding, logits = head(feature_map)
     assert embedding.shape == (2, 512) and logits.shape == (2, 7)
+    norm = head.regularise[1]  # Dropout -> BatchNorm, the seed's order
+    hidden = torch.relu(feature_map.flatten(1) @ head.dense.weight.T + head.dense.bias)
+    expected = (hidden - norm.running_mean) / torch.sqrt(norm.running_var + norm.eps) * norm.weight + norm.bias
+    assert torch.allclose(embedding, expected, atol=1e-5)
+    assert torch.allclose(logits, expected @ head.classifier.weight.T + head.classifier.bias, atol=1e-5)

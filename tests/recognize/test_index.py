@@ -249,3 +249,63 @@ def test_concurrent_add_and_search(data):
     expected = [f"w{row // 300}b{row // 30 % 10}-{row % 30:05d}" for row in range(900)]
     assert [index.image_ids[p] for p in positions] == expected
     np.testing.assert_array_equal(index.landmark_ids[positions], labels[2000:2900])
+
+
+@pytest.mark.parametrize("index_type", ["flat", "ivf", "ivfpq"])
+def test_remove_leaves_the_others_searchable_as_brute_force_over_them(data, index_type, tmp_path: Path):
+    references, labels, queries = data
+    index = EmbeddingIndex.build(references, ids(len(references)), labels, index_type)
+    doomed = np.random.default_rng(3).choice(len(references), 700, replace=False)
+    assert index.remove(np.concatenate([doomed, doomed[:5]])) == 700  # duplicates count once
+    keep = np.setdiff1d(np.arange(len(references)), doomed)
+    assert len(index) == len(keep) and index.image_ids == [ids(len(references))[i] for i in keep]
+    np.testing.assert_array_equal(index.landmark_ids, labels[keep])
+    np.testing.assert_array_equal(index.vectors(), references[keep])
+    similarities, positions = index.search(queries, 5)
+    exact_similarities, exact_positions = brute_force_search(references[keep], queries, 5)
+    if index_type == "flat":
+        np.testing.assert_array_equal(positions, exact_positions)
+    else:
+        assert (positions[:, 0] == exact_positions[:, 0]).mean() >= 0.9
+    assert not np.isin(positions, -1).any()
+    found = {index.image_ids[p] for p in positions.ravel()}
+    assert not found & {ids(len(references))[i] for i in doomed}  # a removed photo is never found
+    index.save(tmp_path / "index")  # and stays removed after a restart
+    again = EmbeddingIndex.load(tmp_path / "index")
+    assert again.image_ids == index.image_ids and again.index_type == index_type
+    np.testing.assert_array_equal(again.search(queries, 5)[1], positions)
+
+
+def test_remove_everything_then_add_and_positions_of():
+    references, labels, _ = clustered(60, centres=3, dim=8)
+    index = EmbeddingIndex.build(references, ids(60), labels, "flat")
+    assert index.positions_of([("img00002", int(labels[2])), ("img00002", 999), ("nope", 0)]).tolist() == [2]
+    assert index.remove([]) == 0
+    with pytest.raises(ValueError, match="positions must lie"):
+        index.remove([60])
+    assert index.remove(np.arange(60)) == 60 and len(index) == 0 and index.count_of(int(labels[0])) == 0
+    index.add(references[:2], ["a", "b"], [5, 5])
+    assert index.search(references[:1], 1)[1].tolist() == [[0]] and index.count_of(5) == 2
+
+
+def test_concurrent_remove_and_search_never_return_a_removed_position(data):
+    references, labels, queries = data
+    index = EmbeddingIndex.build(references[:2000], ids(2000), labels[:2000], "flat")
+    errors: list[BaseException] = []
+
+    def searcher() -> None:
+        try:
+            for _ in range(30):
+                _, positions = index.search(queries[:20], 3)
+                assert positions.max() < 2000
+        except BaseException as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=searcher) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for step in range(20):
+        index.remove(np.arange(step * 10, step * 10 + 10) % len(index))
+    for thread in threads:
+        thread.join()
+    assert not errors and len(index) == 2000 - 200

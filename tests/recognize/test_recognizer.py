@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from landmarks.config import RecognizeConfig
+from landmarks.data.images import decode_image
 from landmarks.recognize.index import EmbeddingIndex
 from landmarks.recognize.recognizer import Recognizer
 
@@ -72,4 +73,7 @@ def test_predict_paths_skips_unreadable_files(tiny_run_dir: Path, tiny_gldv2: Pa
     predictions, failures = recognizer.predict_paths([good[0], str(bad), good[1], str(tmp_path / "missing.jpg")])
     assert [p is None for p in predictions] == [False, True, False, True]
     assert {Path(f[0]).name for f in failures} == {"bad.jpg", "missing.jpg"}
-    assert all(0 <= p.confidence <= 1 for p in predictions if p)
+    expected = recognizer.predict(np.stack([decode_image(path, recognizer.input_size_px) for path in good]))
+    for prediction, alone in zip([predictions[0], predictions[2]], expected):
+        assert prediction.landmark_id == alone.landmark_id
+        assert prediction.confidence == pytest.approx(alone.confidence, abs=1e-5)

@@ -1,8 +1,10 @@
-"""End to end in headless Chromium: upload a photo, read the answer, enrol a landmark and see it recognised."""
+"""End to end in headless Chromium: sign in, upload a photo, read the answer, enrol a landmark and see it recognised;
+an admin approves a contributor's suggestion on the page. ``LANDMARKS_SCREENSHOTS=DIR`` keeps the screenshots."""
 
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import socket
 import threading
@@ -12,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve.test_app import jpeg
+from landmarks.serve.admin import create_token
+from serve.test_app import bearer, jpeg, photo_files
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")]
@@ -28,6 +31,7 @@ def server(tiny_run_dir: Path, tmp_path: Path):
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run_dir, run)
+    tokens = {"admin": create_token(run, "admin", "Ada")[1], "contributor": create_token(run, "contributor", "Cy")[1]}
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -39,13 +43,26 @@ def server(tiny_run_dir: Path, tmp_path: Path):
             break
         time.sleep(0.05)
     assert server.started, "the test server did not start"
-    yield f"http://127.0.0.1:{port}"
+    yield f"http://127.0.0.1:{port}", tokens
     server.should_exit = True
     thread.join(timeout=10)
 
 
-def test_upload_predict_enrol_and_recognise_in_chromium(server: str, tmp_path: Path):
+def screenshot(page, tmp_path: Path, name: str) -> None:
+    folder = Path(os.environ.get("LANDMARKS_SCREENSHOTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(folder / name), full_page=True)
+
+
+def sign_in(page, token: str) -> None:
+    page.fill("#token", token)
+    page.click("#sign-in")
+    page.wait_for_function("document.getElementById('whoami').textContent.startsWith('Signed in')")
+
+
+def test_upload_predict_enrol_and_recognise_in_chromium(server: tuple[str, dict], tmp_path: Path):
     sync_api = pytest.importorskip("playwright.sync_api")
+    server, tokens = server
     red = tmp_path / "red.jpg"
     red.write_bytes(jpeg((220, 30, 30), seed=3))
     enrol_photos = []
@@ -62,6 +79,9 @@ def test_upload_predict_enrol_and_recognise_in_chromium(server: str, tmp_path: P
         page.goto(server + "/")
         page.wait_for_selector("#landmark-list li")
         assert page.locator("#landmark-list li").count() == 4
+        assert "deleted" in page.text_content("#retention") and page.is_hidden("#review")
+        sign_in(page, tokens["admin"])
+        assert "Ada (admin)" in page.text_content("#whoami") and page.is_visible("#review")
 
         page.set_input_files("#file", str(red))
         page.wait_for_function("document.getElementById('answer').textContent !== '—'")
@@ -97,5 +117,43 @@ def test_upload_predict_enrol_and_recognise_in_chromium(server: str, tmp_path: P
         )
         page.wait_for_function("(expected) => document.querySelector('#bars .bar .label span')?.textContent === expected",
                                arg=first_top)  # the top candidate was Purple Palace until the drop was recognised
-        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        screenshot(page, tmp_path, "page.png")
         browser.close()
+
+
+def test_an_admin_approves_a_contributors_suggestion_on_the_page(server: tuple[str, dict], tmp_path: Path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    server, tokens = server
+    suggested = httpx.post(server + "/landmarks", data={"name": "Purple Palace"}, files=photo_files((150, 20, 200), 2),
+                           headers=bearer(tokens["contributor"]))
+    assert suggested.json()["status"] == "pending"
+    query = tmp_path / "purple-query.jpg"
+    query.write_bytes(jpeg((150, 20, 200), seed=42))
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(server + "/")
+        page.wait_for_selector("#landmark-list li")
+        sign_in(page, tokens["admin"])
+        page.wait_for_selector("#suggestions-table tbody tr[data-suggestion-id]")
+        rows = page.locator("#suggestions-table tbody tr[data-suggestion-id]")
+        assert rows.count() == 2
+        first = rows.nth(0)
+        assert "Purple Palace (new landmark)" in first.text_content() and "Cy (token 2)" in first.text_content()
+        page.wait_for_function("document.querySelector('#suggestions-table img').naturalWidth > 0")  # the photo, fetched with the token
+        screenshot(page, tmp_path, "review.png")
+        first.locator("button.approve").click()
+        page.wait_for_function("document.getElementById('review-status').textContent.startsWith('Approved')")
+        page.wait_for_function("document.querySelectorAll('#suggestions-table tbody tr[data-suggestion-id]').length === 1")
+        page.locator("#suggestions-table tbody tr[data-suggestion-id] button.reject").click()
+        page.wait_for_function("document.getElementById('review-status').textContent.startsWith('Rejected')")
+        assert "Purple Palace" in page.text_content("#landmark-list")
+        assert "approve" in page.text_content("#audit-table") and "reject" in page.text_content("#audit-table")
+        page.set_input_files("#file", str(query))
+        page.wait_for_function("document.querySelector('#bars .bar .label span')?.textContent === 'Purple Palace'")
+        screenshot(page, tmp_path, "approved.png")
+        page.click("#sign-out")
+        page.wait_for_function("document.getElementById('whoami').textContent === 'Not signed in'")
+        assert page.is_hidden("#review")
+        browser.close()
+    assert httpx.get(server + "/health").json()["pending_suggestions"] == 0

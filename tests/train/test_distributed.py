@@ -1,4 +1,20 @@
-"""Two CPU processes (gloo) under torchrun train the same run folder a single process would write."""
+"""Two CPU processes (gloo) under torchrun train the run a single process trains: same losses, metrics and weights.
+
+What can be equal. Under DDP each of the 2 processes takes ``batch_size`` photos per step and the gradients are
+averaged, so a step of 2 x B photos in one process is the same update when the two ranks' batches together are
+the single process's batch and nothing depends on how a batch is split. The set-up below makes the second half
+true: a GroupNorm backbone (test_efficientnet_gn; BatchNorm would normalise each rank's half on its own and
+broadcast rank 0's statistics), no dropout, no augmentation (each rank draws its own random numbers), no class
+weighting (a weighted mean over each half is not the weighted mean over the whole), and SGD (linear in the
+gradient, so float rounding in the all-reduce stays rounding; Adam divides by sqrt(v) and amplifies it).
+36 training photos split 18 / 18 and 8 validation photos 4 / 4: no rank pads with a repeated photo.
+
+The first half, the order: one process shuffles with ``DataLoader(shuffle=True, generator=seed + epoch)`` while
+DDP uses ``DistributedSampler(seed, epoch)``; both seed the same number, but the DataLoader draws its workers'
+base seed from the generator before the permutation, so the two orders differ. With one full batch per epoch
+(36 photos in one process, 18 per rank) the order cannot matter and the runs agree to float rounding; with
+mini-batches they cannot agree until both paths draw the same permutation (the xfail test below).
+"""
 
 from __future__ import annotations
 
@@ -8,36 +24,99 @@ import subprocess
 import sys
 from pathlib import Path
 
+import faiss
+import numpy as np
 import pandas as pd
 import pytest
+import yaml
+from safetensors.torch import load_file
 
 from conftest import build_tiny_gldv2
 
-OVERRIDES = ["data.image_size_px=32", "train.epochs=2", "train.batch_size=8", "train.workers=0",
-             "train.early_stopping_patience=0", "train.lr=0.003"]
+pytestmark = pytest.mark.slow
+
+OVERRIDES = ["data.image_size_px=64", "train.epochs=2", "train.workers=0", "train.early_stopping_patience=0",
+             "train.precise_bn_batches=0", "train.optimizer=sgd", "train.lr=0.05", "train.class_weighting=false",
+             "augment.enabled=false", "model.architecture=classifier", "model.backbone=test_efficientnet_gn",
+             "model.pretrained=none", "model.dropout=0", "model.embedding_dim=32"]
+COMPARED = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "backbone_frozen"]
 
 
-def _train(data: Path, out: Path, nproc: int, cache: Path) -> subprocess.CompletedProcess:
+def _train(data: Path, out: Path, nproc: int, batch_size: int, cache: Path) -> subprocess.CompletedProcess:
     torchrun = Path(sys.executable).with_name("torchrun")
-    launcher = [str(torchrun), "--standalone", f"--nproc_per_node={nproc}", "-m"] if nproc > 1 else [sys.executable, "-m"]
+    launcher = ([str(torchrun), "--standalone", f"--nproc_per_node={nproc}", "-m"] if nproc > 1
+                else [sys.executable, "-m"])
     env = {**os.environ, "LANDMARKS_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    command = [*launcher, "landmarks", "-q", "train", "--data", str(data), "--config", "seed-cnn", "--out", str(out), *OVERRIDES]
+    command = [*launcher, "landmarks", "-q", "train", "--data", str(data), "--config", "seed-cnn", "--out", str(out),
+               *OVERRIDES, f"train.batch_size={batch_size}"]
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 
 
-@pytest.mark.slow
-def test_two_process_ddp_matches_single_process_outputs(tmp_path: Path):
-    data = build_tiny_gldv2(tmp_path / "gld")
-    single = _train(data, tmp_path / "single", 1, tmp_path / "cache")
+def _single_and_ddp(folder: Path, per_rank_batch: int) -> tuple[Path, Path]:
+    """One process with batches of 2B photos, two processes with B each, on the same data."""
+    data = build_tiny_gldv2(folder / "gld")
+    single = _train(data, folder / "single", 1, 2 * per_rank_batch, folder / "cache")
     assert single.returncode == 0, single.stderr
-    ddp = _train(data, tmp_path / "ddp", 2, tmp_path / "cache")
+    ddp = _train(data, folder / "ddp", 2, per_rank_batch, folder / "cache")
     assert ddp.returncode == 0, ddp.stderr
-    for name in ("config.yaml", "labels.csv", "split.csv", "model.json", "model.safetensors", "history.csv", "metrics.json",
-                 "index/index.faiss", "plots/curves.png", "checkpoints/best.pt"):
-        assert (tmp_path / "ddp" / name).exists(), name
-    one, two = (pd.read_csv(tmp_path / run / "history.csv") for run in ("single", "ddp"))
-    assert list(one.columns) == list(two.columns) and len(one) == len(two) == 2
-    assert set(json.loads((tmp_path / "single" / "metrics.json").read_text())) == set(
-        json.loads((tmp_path / "ddp" / "metrics.json").read_text()))
-    assert (tmp_path / "ddp" / "model.json").read_text() == (tmp_path / "single" / "model.json").read_text()
     assert "Traceback" not in ddp.stderr
+    return folder / "single", folder / "ddp"
+
+
+@pytest.fixture(scope="module")
+def full_batch_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return _single_and_ddp(tmp_path_factory.mktemp("ddp-full-batch"), per_rank_batch=18)
+
+
+@pytest.fixture(scope="module")
+def mini_batch_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return _single_and_ddp(tmp_path_factory.mktemp("ddp-mini-batch"), per_rank_batch=9)
+
+
+def assert_same_run(single: Path, ddp: Path) -> None:
+    """Same history values, metrics.json numbers, model weights and reference index, to float rounding."""
+    one, two = (pd.read_csv(run / "history.csv") for run in (single, ddp))
+    assert len(one) == len(two) == 2 and list(one.columns) == list(two.columns)
+    for column in COMPARED:
+        assert two[column].tolist() == pytest.approx(one[column].tolist(), rel=1e-4, abs=1e-6), column
+    assert one["train_loss"].iloc[1] < one["train_loss"].iloc[0]  # it trained: the comparison is not of two no-ops
+
+    metrics_one, metrics_two = (json.loads((run / "metrics.json").read_text()) for run in (single, ddp))
+    assert metrics_one.keys() == metrics_two.keys()
+    for key, value in metrics_one.items():
+        if key == "train_minutes":  # time, not a result
+            continue
+        expected = pytest.approx(value, rel=1e-4, abs=1e-6) if isinstance(value, float) else value
+        assert metrics_two[key] == expected, key
+
+    weights_one, weights_two = (load_file(str(run / "model.safetensors")) for run in (single, ddp))
+    assert weights_one.keys() == weights_two.keys()
+    for name, tensor in weights_one.items():
+        assert np.allclose(weights_two[name].numpy(), tensor.numpy(), rtol=1e-4, atol=1e-6), name
+
+    assert (single / "index" / "references.csv").read_text() == (ddp / "index" / "references.csv").read_text()
+    vectors = [faiss.read_index(str(run / "index" / "index.faiss")) for run in (single, ddp)]
+    assert np.allclose(vectors[0].reconstruct_n(0, vectors[0].ntotal), vectors[1].reconstruct_n(0, vectors[1].ntotal),
+                       atol=1e-5)
+    assert (single / "model.json").read_text() == (ddp / "model.json").read_text()
+    for run in (single, ddp):
+        for name in ("labels.csv", "split.csv", "checkpoints/best.pt", "checkpoints/last.pt", "plots/curves.png"):
+            assert (run / name).is_file(), run / name
+    config_one, config_two = (yaml.safe_load((run / "config.yaml").read_text()) for run in (single, ddp))
+    assert config_one["train"].pop("batch_size") == 2 * config_two["train"].pop("batch_size")
+    assert config_one == config_two
+
+
+def test_two_processes_with_full_batches_match_one_process(full_batch_runs: tuple[Path, Path]) -> None:
+    """One step per epoch over all 36 training photos: DDP's averaged gradients give the single process's run."""
+    assert_same_run(*full_batch_runs)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "train/loop.py shuffles a single process with DataLoader(shuffle=True, generator) and DDP with "
+    "DistributedSampler: the DataLoader draws its base seed from the generator before the permutation, so the "
+    "photo order (hence each mini-batch) differs; fix: a DistributedSampler(num_replicas=world_size, rank) in one "
+    "process too"))
+def test_two_processes_with_mini_batches_match_one_process(mini_batch_runs: tuple[Path, Path]) -> None:
+    """Two steps per epoch (18 photos in one process, 9 per rank): the same batches give the same run."""
+    assert_same_run(*mini_batch_runs)

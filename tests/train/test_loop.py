@@ -1,23 +1,58 @@
-"""Training loop details that a full run would only show on unlucky data sizes."""
+"""The Trainer: unfreezing, early stopping, precise BatchNorm, the time budget, checkpoints that rebuild the model."""
 
 from __future__ import annotations
 
+import copy
+import logging
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
+from torch import nn
 
+from conftest import build_tiny_gldv2
 from landmarks.config import load_config
-from landmarks.train.loop import _last_batch_of_one
+from landmarks.data.prepared import prepare_data
+from landmarks.models.registry import build_model, model_config_from_meta
+from landmarks.train.loop import Trainer, _last_batch_of_one
 from landmarks.train.run import train
+from landmarks.utils import seed_everything
+
+# 4 landmarks x 12 photos -> 36 training, 8 validation and 4 held-out photos at 32 px
+TINY = ["data.image_size_px=32", "train.workers=0", "train.early_stopping_patience=0", "train.precise_bn_batches=0",
+        "train.batch_size=16", "train.lr=0.003"]
+BACKBONE = ["model.architecture=classifier", "model.backbone=test_efficientnet", "model.head=arcface",
+            "model.embedding_dim=16", "model.pretrained=none"]
+
+
+def make_trainer(data_dir: Path, folder: Path, overrides: list[str]) -> Trainer:
+    """A Trainer over the tiny dataset with a fresh run folder in ``folder``."""
+    config = load_config("seed-cnn", [*TINY, f"data.cache_dir={folder / 'cache'}", *overrides])
+    seed_everything(config.train.seed)
+    data = prepare_data(config, data_dir)
+    run_dir = folder / "run"
+    run_dir.mkdir(parents=True)
+    return Trainer(config, data, run_dir)
+
+
+def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+
+
+def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("count, batch, expected", [(65, 64, True), (64, 64, False), (129, 64, True), (1, 64, False), (66, 64, False)])
-def test_last_batch_of_one(count: int, batch: int, expected: bool):
+def test_last_batch_of_one(count: int, batch: int, expected: bool) -> None:
+    """An epoch ends on a batch of one photo exactly when count = k * batch + 1 with k >= 1."""
     assert _last_batch_of_one(count, batch) is expected
 
 
-def test_an_epoch_that_would_end_on_one_photo_trains(tiny_gldv2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_an_epoch_that_would_end_on_one_photo_trains(tiny_gldv2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """48 training photos in batches of 47: the last batch of one would break BatchNorm; it is dropped."""
     monkeypatch.setenv("LANDMARKS_CACHE", str(tmp_path / "cache"))
     config = load_config("seed-cnn", ["data.image_size_px=32", "data.val_fraction=0", "data.test_fraction=0",
@@ -26,3 +61,163 @@ def test_an_epoch_that_would_end_on_one_photo_trains(tiny_gldv2: Path, tmp_path:
     run = train(config, tiny_gldv2, tmp_path / "run")
     history = pd.read_csv(run / "history.csv")
     assert len(history) == 1 and history["train_loss"].notna().all()
+    assert history["images_per_second"].iloc[0] * history["train_seconds"].iloc[0] == pytest.approx(47)
+
+
+# -- freezing the backbone ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def unfrozen_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A classifier (tiny timm backbone, ArcFace head) trained 2 epochs with the backbone frozen for the first,
+    with the model's state recorded at the start of each epoch."""
+    folder = tmp_path_factory.mktemp("unfreeze")
+    trainer = make_trainer(build_tiny_gldv2(folder / "gld"), folder, [*BACKBONE, "train.freeze_backbone_epochs=1",
+                                                                     "train.epochs=2"])
+    record: dict[str, Any] = {"initial_backbone": snapshot(trainer.model.backbone),
+                              "initial_head": snapshot(trainer.model.head), "epochs": []}
+    original = trainer._unfreeze_if_due
+
+    def spy(epoch: int) -> None:
+        state = {"backbone": snapshot(trainer.model.backbone), "head": snapshot(trainer.model.head)}
+        original(epoch)
+        state["trainable"] = [p.requires_grad for p in trainer.model.backbone_parameters()]
+        state["groups"] = len(trainer.optimizer.param_groups)
+        record["epochs"].append(state)
+
+    trainer._unfreeze_if_due = spy  # type: ignore[method-assign]
+    trainer.fit()
+    record["trainer"] = trainer
+    record["last"] = torch.load(trainer.run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    record["best"] = torch.load(trainer.run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    return record
+
+
+def test_backbone_is_frozen_for_freeze_backbone_epochs_then_trains(unfrozen_run: dict[str, Any]) -> None:
+    """Epoch 1 moves the head only (BatchNorm statistics included); from epoch 2 the backbone trains too."""
+    first, second = unfrozen_run["epochs"]
+    assert not any(first["trainable"]) and first["groups"] == 1  # the optimizer holds the head alone
+    end_of_first = second["backbone"]
+    assert same(end_of_first, unfrozen_run["initial_backbone"])
+    assert not same(second["head"], unfrozen_run["initial_head"])
+    assert all(second["trainable"]) and second["groups"] == 2  # backbone and head groups after unfreezing
+    end_of_second = {k[len("backbone."):]: v for k, v in unfrozen_run["last"]["model"].items()
+                     if k.startswith("backbone.")}
+    changed = [k for k in end_of_second if not torch.equal(end_of_second[k], end_of_first[k])]
+    assert any(k.endswith("conv_stem.weight") for k in changed) and any(k.endswith("running_mean") for k in changed)
+    history = pd.read_csv(unfrozen_run["trainer"].run_dir / "history.csv")
+    assert history["backbone_frozen"].tolist() == [True, False]
+    assert unfrozen_run["last"]["frozen"] is False
+
+
+def test_checkpoints_carry_meta_that_rebuilds_the_model(unfrozen_run: dict[str, Any]) -> None:
+    """best.pt and last.pt name architecture, head and input size; the model rebuilt from meta loads their weights."""
+    trainer: Trainer = unfrozen_run["trainer"]
+    images = torch.rand(3, 3, 32, 32)
+    for name in ("best", "last"):
+        checkpoint = unfrozen_run[name]
+        meta = checkpoint["meta"]
+        assert meta["architecture"] == "classifier" and meta["config"]["backbone"] == "test_efficientnet"
+        assert meta["head"] == {"kind": "arcface", "logit_scale": 30.0}
+        assert meta["num_classes"] == 4 and meta["input_size_px"] == 32 and meta["embedding_dim"] == 16
+        rebuilt = build_model(model_config_from_meta(meta), meta["num_classes"], meta["input_size_px"])
+        rebuilt.load_state_dict(checkpoint["model"])  # strict: every key and shape fits
+        assert rebuilt.mean.flatten().tolist() == pytest.approx(meta["mean"])
+    best = build_model(model_config_from_meta(unfrozen_run["best"]["meta"]), 4, 32)
+    best.load_state_dict(unfrozen_run["best"]["model"])
+    with torch.no_grad():
+        for a, b in zip(best.eval()(images), trainer.model.eval()(images)):
+            assert torch.allclose(a, b, atol=1e-5)  # fit() ends on the best checkpoint's weights
+
+
+@pytest.mark.parametrize("cache_features", [True, False])
+def test_backbone_frozen_throughout_never_changes(tiny_gldv2: Path, tmp_path: Path, cache_features: bool) -> None:
+    """freeze_backbone_epochs=-1: backbone weights and BatchNorm statistics stay as built, feature cache or not."""
+    trainer = make_trainer(tiny_gldv2, tmp_path, [*BACKBONE, "train.freeze_backbone_epochs=-1", "train.epochs=2",
+                                                  f"train.cache_features={str(cache_features).lower()}"])
+    backbone, head = snapshot(trainer.model.backbone), snapshot(trainer.model.head)
+    trainer.fit()
+    last = torch.load(trainer.run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    assert same({k[len("backbone."):]: v for k, v in last.items() if k.startswith("backbone.")}, backbone)
+    assert not same({k[len("head."):]: v for k, v in last.items() if k.startswith("head.")}, head)
+    assert pd.read_csv(trainer.run_dir / "history.csv")["backbone_frozen"].tolist() == [True, True]
+
+
+# -- early stopping and the time budget ------------------------------------------------------------------
+@pytest.mark.parametrize("patience, epochs_run", [(1, 2), (2, 3), (0, 4)])
+def test_early_stopping_after_patience_epochs_without_improvement(
+    tiny_gldv2: Path, tmp_path: Path, patience: int, epochs_run: int, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With lr 0 and frozen BatchNorm statistics the validation loss cannot improve after epoch 1: training stops
+    after 1 + patience epochs (all 4 when patience is 0, i.e. off)."""
+    trainer = make_trainer(tiny_gldv2, tmp_path, ["train.lr=0", "model.batchnorm_momentum=1.0", "train.epochs=4",
+                                                  f"train.early_stopping_patience={patience}"])
+    with caplog.at_level(logging.INFO, logger="landmarks.train.loop"):
+        trainer.fit()
+    history = pd.read_csv(trainer.run_dir / "history.csv")
+    assert history["epoch"].tolist() == list(range(1, epochs_run + 1))
+    assert history["val_loss"].nunique() == 1  # nothing could improve
+    assert trainer.best_epoch == 1 and trainer.epochs_without_improvement == epochs_run - 1
+    stopped = f"early stopping: no improvement for {patience} epochs"
+    assert (stopped in caplog.text) is (patience > 0)
+
+
+@pytest.mark.parametrize("max_minutes, epochs_run", [(1e-6, 1), (None, 3)])
+def test_time_budget_stops_after_the_epoch_that_spends_it(tiny_gldv2: Path, tmp_path: Path, max_minutes: float | None,
+                                                          epochs_run: int, caplog: pytest.LogCaptureFixture) -> None:
+    """train.max_minutes: a budget any epoch exceeds ends training after epoch 1; no budget runs every epoch."""
+    trainer = make_trainer(tiny_gldv2, tmp_path, ["train.epochs=3", f"train.max_minutes={max_minutes}"])
+    with caplog.at_level(logging.INFO, logger="landmarks.train.loop"):
+        trainer.fit()
+    assert len(pd.read_csv(trainer.run_dir / "history.csv")) == epochs_run
+    assert ("time budget of" in caplog.text) is (max_minutes is not None)
+    assert (trainer.run_dir / "checkpoints" / "best.pt").is_file()
+
+
+# -- precise BatchNorm ---------------------------------------------------------------------------------
+def batchnorm_input_statistics(model: nn.Module, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(mean, unbiased variance) per channel of each BatchNorm layer's input in a training-mode pass, dropout off."""
+    probe = copy.deepcopy(model).train()
+    for dropout in (m for m in probe.modules() if isinstance(m, nn.Dropout)):
+        dropout.eval()
+    seen: list[torch.Tensor] = []
+    norms = [m for m in probe.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    hooks = [n.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach())) for n in norms]
+    with torch.no_grad():
+        probe(images)
+    for hook in hooks:
+        hook.remove()
+    dims = lambda x: [0, 2, 3] if x.dim() == 4 else [0]  # noqa: E731
+    return [(x.mean(dims(x)), x.var(dims(x), unbiased=True)) for x in seen]
+
+
+def clean_training_images(trainer: Trainer) -> torch.Tensor:
+    """Every training photo of the cache, unaugmented, as float NCHW in [0, 1]."""
+    pixels = np.asarray(trainer.data.cache.images[np.sort(trainer.data.indices("train"))])
+    return torch.from_numpy(pixels.copy()).permute(0, 3, 1, 2).float() / 255
+
+
+def test_precise_batchnorm_statistics_are_those_of_the_clean_training_photos(tiny_gldv2: Path, tmp_path: Path) -> None:
+    """recompute_batchnorm sets each BatchNorm's running mean/variance to the statistics of the unaugmented training
+    batch (one batch of 64 holds all 36 photos), restores the momenta and leaves the model in eval mode."""
+    trainer = make_trainer(tiny_gldv2, tmp_path, ["train.precise_bn_batches=1", "train.batch_size=64"])
+    norms = [m for m in trainer.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == 6  # five convolution blocks and the dense layer
+    expected = batchnorm_input_statistics(trainer.model, clean_training_images(trainer))
+    trainer.recompute_batchnorm()
+    for norm, (mean, variance) in zip(norms, expected):
+        assert torch.allclose(norm.running_mean, mean, rtol=1e-4, atol=1e-5)
+        assert torch.allclose(norm.running_var, variance, rtol=1e-4, atol=1e-5)
+        assert norm.momentum == pytest.approx(0.01)  # Keras' 0.99
+    assert not trainer.model.training
+
+
+@pytest.mark.parametrize("precise_bn_batches", [1, 0])
+def test_fit_recomputes_batchnorm_after_each_epoch(tiny_gldv2: Path, tmp_path: Path, precise_bn_batches: int) -> None:
+    """With train.precise_bn_batches the trained model's statistics match its own weights on the clean photos;
+    without, they are the lagging moving averages and do not."""
+    trainer = make_trainer(tiny_gldv2, tmp_path, [f"train.precise_bn_batches={precise_bn_batches}",
+                                                  "train.batch_size=64", "train.epochs=1"])
+    trainer.fit()
+    expected = batchnorm_input_statistics(trainer.model, clean_training_images(trainer))
+    norms = [m for m in trainer.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    matches = all(torch.allclose(n.running_mean, mean, rtol=1e-4, atol=1e-5) for n, (mean, _) in zip(norms, expected))
+    assert matches is bool(precise_bn_batches)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from urllib.parse import unquote
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,15 +19,19 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")  # photos read from folders
 NO_LANDMARK = -1  # the landmark id of a photo that shows no (known) landmark
 NO_LANDMARK_NAME = "no known landmark"  # how such a photo or answer is shown to a person
+INFO_COLUMNS = ("latitude", "longitude", "url", "description")  # optional columns of landmarks.csv (WGS84 degrees)
 
 
 @dataclass
 class Catalog:
-    """Photos with their landmark: ``frame`` has columns id, path (absolute), landmark_id (int64, -1 = none/unknown)."""
+    """Photos with their landmark: ``frame`` has columns id, path (absolute), landmark_id (int64, -1 = none/unknown).
+
+    ``info``: what landmarks.csv says of a landmark beyond its name (``INFO_COLUMNS``, only the values it has)."""
 
     frame: pd.DataFrame
     names: dict[int, str] = field(default_factory=dict)
     root: Path = Path(".")
+    info: dict[int, dict[str, float | str]] = field(default_factory=dict)
 
     def name_of(self, landmark_id: int) -> str:
         """The landmark's name from landmarks.csv (or its folder), else the id as text."""
@@ -80,12 +85,46 @@ def _given_paths(root: Path, paths: pd.Series) -> list[str]:
     return [p if os.path.isabs(p) else base + p for p in paths.to_numpy(dtype=object)]
 
 
-def _read_names(root: Path) -> dict[int, str]:
+def _category_name(url: str) -> str:
+    """``http://commons.wikimedia.org/wiki/Category:Haleakala_National_Park`` -> ``Haleakala National Park``."""
+    return unquote(url.rstrip("/").rsplit("/", 1)[-1].split("Category:", 1)[-1]).replace("_", " ")
+
+
+def _read_landmarks(root: Path) -> tuple[dict[int, str], dict[int, dict[str, float | str]]]:
+    """Names and info of the landmarks: ``landmarks.csv`` (landmark_id, name[, latitude, longitude, url,
+    description]) and GLDv2's ``train_label_to_category.csv`` (landmark_id, category: a Wikimedia Commons category
+    URL, which becomes the url, and the name where landmarks.csv has none)."""
+    names: dict[int, str] = {}
+    info: dict[int, dict[str, float | str]] = {}
+    categories = root / "train_label_to_category.csv"
+    if categories.is_file():
+        frame = _read_csv(categories, ("landmark_id", "category"), {"landmark_id": "int64", "category": str})
+        for landmark_id, url in zip(frame["landmark_id"].tolist(), frame["category"].tolist()):
+            if url:
+                names[landmark_id] = _category_name(url)
+                info[landmark_id] = {"url": url}
     path = root / "landmarks.csv"
     if not path.is_file():
-        return {}
-    frame = _read_csv(path, ("landmark_id", "name"), {"landmark_id": "int64", "name": str})
-    return dict(zip(frame["landmark_id"].tolist(), frame["name"].tolist()))
+        return names, info
+    frame = _read_csv(path, ("landmark_id", "name"), {"landmark_id": "int64", "name": str, **{c: str for c in INFO_COLUMNS}})
+    names.update((i, n) for i, n in zip(frame["landmark_id"].tolist(), frame["name"].tolist()) if n)
+    for row in frame.itertuples(index=False):
+        values = {c: getattr(row, c) for c in INFO_COLUMNS if c in frame.columns and getattr(row, c).strip()}
+        for axis, limit in (("latitude", 90.0), ("longitude", 180.0)):
+            if axis in values:
+                try:
+                    values[axis] = float(values[axis])
+                except ValueError:
+                    raise DataError(f"{path} has a {axis} that is not a number for landmark {row.landmark_id}: "
+                                    f"{values[axis]!r}.") from None
+                if not -limit <= values[axis] <= limit:
+                    raise DataError(f"{path} has {axis} {values[axis]} for landmark {row.landmark_id}, outside "
+                                    f"[-{limit:g}, {limit:g}].")
+        if ("latitude" in values) != ("longitude" in values):
+            values.pop("latitude", None), values.pop("longitude", None)
+        if values:
+            info.setdefault(row.landmark_id, {}).update(values)
+    return names, info
 
 
 def _read_solution(root: Path, split: str, ids: pd.Series) -> np.ndarray:
@@ -124,7 +163,8 @@ def _read_gldv2(root: Path, split: str) -> Catalog:
     catalog_frame = pd.DataFrame(
         {"id": frame["id"], "path": pd.Series(paths, dtype=frame["id"].dtype), "landmark_id": frame["landmark_id"].astype(np.int64)}
     )
-    return Catalog(catalog_frame, _read_names(root), root)
+    names, info = _read_landmarks(root)
+    return Catalog(catalog_frame, names, root, info)
 
 
 def _unique_ids(stems: list[str]) -> list[str]:
@@ -183,9 +223,10 @@ def on_disk(catalog_frame: pd.DataFrame) -> np.ndarray:
     return np.fromiter((os.path.isfile(p) for p in catalog_frame["path"]), dtype=bool, count=len(catalog_frame))
 
 
-def write_catalog(catalog_frame: pd.DataFrame, names: dict[int, str], out_dir: str | Path) -> Path:
+def write_catalog(catalog_frame: pd.DataFrame, names: dict[int, str], out_dir: str | Path,
+                  info: dict[int, dict[str, float | str]] | None = None) -> Path:
     """A dataset that ``read_catalog`` reads back: train.csv (id,landmark_id,path; absolute paths, no image copied)
-    and landmarks.csv (landmark_id,name)."""
+    and landmarks.csv (landmark_id,name and the ``INFO_COLUMNS`` that ``info`` has)."""
     missing = [c for c in ("id", "landmark_id", "path") if c not in catalog_frame.columns]
     if missing:
         raise DataError(f"Cannot write a catalog without the columns {','.join(missing)}.")
@@ -195,7 +236,22 @@ def write_catalog(catalog_frame: pd.DataFrame, names: dict[int, str], out_dir: s
     frame["path"] = [p if os.path.isabs(p) else os.path.abspath(p) for p in frame["path"].to_numpy(dtype=object)]
     ids = sorted(int(i) for i in frame["landmark_id"].unique() if i >= 0)
     landmarks = pd.DataFrame({"landmark_id": ids, "name": [names.get(i) or str(i) for i in ids]})
+    for column in INFO_COLUMNS:
+        if info and any(column in info.get(i, {}) for i in ids):
+            landmarks[column] = [info.get(i, {}).get(column, "") for i in ids]
     for name, table in (("train.csv", frame), ("landmarks.csv", landmarks)):
         with atomic_path(out / name) as tmp:
             table.to_csv(tmp, index=False)
     return out
+
+
+def info_from_table(table: pd.DataFrame) -> dict[int, dict[str, float | str]]:
+    """The ``INFO_COLUMNS`` of a landmark_id table (a run's labels.csv), without empty values."""
+    columns = [c for c in INFO_COLUMNS if c in table.columns]
+    info: dict[int, dict[str, float | str]] = {}
+    for row in table[["landmark_id", *columns]].itertuples(index=False):
+        values = {c: getattr(row, c) for c in columns if not pd.isna(getattr(row, c)) and str(getattr(row, c)).strip()}
+        values.update({c: float(values[c]) for c in ("latitude", "longitude") if c in values})
+        if values:
+            info[int(row.landmark_id)] = values
+    return info

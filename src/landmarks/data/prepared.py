@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from landmarks.config import Config
-from landmarks.data.catalog import read_catalog
+from landmarks.data.catalog import INFO_COLUMNS, read_catalog
 from landmarks.data.images import ImageCache
 from landmarks.data.sampling import sample_top_landmarks, stratified_split
 from landmarks.utils import atomic_path
@@ -23,6 +23,7 @@ class PreparedData:
     names: dict[int, str]
     landmark_ids: np.ndarray  # class_index -> landmark_id
     cache: ImageCache
+    info: dict[int, dict[str, float | str]] = field(default_factory=dict)  # latitude, longitude, url, description
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero((self.frame["split"] == split).to_numpy() & self.cache.valid)
@@ -51,12 +52,17 @@ def prepare_data(config: Config, data_dir: Path) -> PreparedData:
         frame["path"].tolist(), config.data.image_size_px, config.data.cache_dir, workers=max(1, config.train.workers)
     )
     names = {int(i): catalog.name_of(int(i)) for i in landmark_ids}
-    return PreparedData(frame, names, landmark_ids, cache)
+    info = {int(i): catalog.info[int(i)] for i in landmark_ids if int(i) in catalog.info}
+    return PreparedData(frame, names, landmark_ids, cache, info)
 
 
 def write_labels(data: PreparedData, run_dir: Path) -> None:
-    """``labels.csv``: class_index, landmark_id, name."""
+    """``labels.csv``: class_index, landmark_id, name, and the info columns the data has (latitude, longitude, url,
+    description; empty where a landmark has none)."""
     labels = pd.DataFrame({"class_index": np.arange(data.num_classes), "landmark_id": data.landmark_ids,
                            "name": [data.names[int(i)] for i in data.landmark_ids]})
+    for column in INFO_COLUMNS:
+        if any(column in data.info.get(int(i), {}) for i in data.landmark_ids):
+            labels[column] = [data.info.get(int(i), {}).get(column, "") for i in data.landmark_ids]
     with atomic_path(run_dir / "labels.csv") as tmp:
         labels.to_csv(tmp, index=False)

@@ -91,5 +91,6 @@ def sample_dataset(data_dir: Path, classes: int, per_class: int, out_dir: Path, 
                  (~present).sum(), len(frame), present.sum())
         frame = frame[present]
     sampled = sample_top_landmarks(frame, classes, per_class, seed)
-    write_catalog(sampled, {int(i): catalog.name_of(int(i)) for i in sampled["landmark_id"].unique()}, out_dir)
+    write_catalog(sampled, {int(i): catalog.name_of(int(i)) for i in sampled["landmark_id"].unique()}, out_dir,
+                  catalog.info)
     return sampled

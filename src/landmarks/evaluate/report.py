@@ -17,6 +17,7 @@ from landmarks.data.images import decode_image
 from landmarks.data.prepared import PreparedData
 from landmarks.errors import DataError
 from landmarks.evaluate import metrics, plots
+from landmarks.evaluate.calibrate import calibrate_after_training, capture_pooled
 from landmarks.models.registry import LandmarkModel
 from landmarks.recognize.embed import TorchEmbedder, embed_paths
 from landmarks.recognize.index import EmbeddingIndex
@@ -52,6 +53,14 @@ def compute_metrics(
     if landmark.any() and (~landmark).any():
         result["mean_confidence_landmark"] = float(confidences[landmark].mean())
         result["mean_confidence_non_landmark"] = float(confidences[~landmark].mean())
+    # known answers (confidence >= recognize.min_confidence): how many are right, how many landmark photos get one
+    known = np.array([p.known and p.landmark_id != NO_LANDMARK for p in predictions], dtype=bool)
+    right_and_known = known & (predicted == true) & landmark
+    result["known_answers"] = int(known.sum())
+    result["precision_of_known_answers"] = float(right_and_known.sum() / known.sum()) if known.any() else 0.0
+    result["coverage"] = float(right_and_known[landmark].mean()) if landmark.any() else 0.0
+    if (~landmark).any():
+        result["non_landmark_named"] = float(known[~landmark].mean())
     return result
 
 
@@ -142,7 +151,8 @@ def finish_run(run_dir: Path, config: Config, data: PreparedData, model: Landmar
     of every training photo, curves and a prediction collage."""
     model.eval()
     embedder = TorchEmbedder(model, tta_flip=config.recognize.tta_flip)
-    splits = {split: embed_split(embedder, data, split) for split in ("train", "val", "test")}
+    with capture_pooled(model, photos=len(data.frame)) as pooled:  # for the calibration model
+        splits = {split: embed_split(embedder, data, split) for split in ("train", "val", "test")}
     references = [splits["train"], splits["val"]] if len(splits["val"][0]) else [splits["train"]]
     positions = np.concatenate([r[0] for r in references])
     index = EmbeddingIndex.build(
@@ -154,11 +164,12 @@ def finish_run(run_dir: Path, config: Config, data: PreparedData, model: Landmar
     if config.recognize.calibrate and len(splits["val"][0]):
         config.recognize.knn_weight = calibrate_knn_weight(recognizer, splits["train"], splits["val"], data)
         dump_config(config, run_dir / "config.yaml")
+    calibrate_after_training(run_dir, config, data, recognizer, splits, pooled)  # calibration.json, non-landmark refs
     history = pd.read_csv(run_dir / "history.csv")
     if len(history):
         plots.plot_curves(history, run_dir / "plots" / "curves.png")
     result: dict = {"split": "held-out test split of the training data", "epochs": int(len(history)),
-                    "knn_weight": config.recognize.knn_weight}
+                    "knn_weight": config.recognize.knn_weight, "min_confidence": config.recognize.min_confidence}
     test, embeddings, logits = splits["test"]
     if len(test):
         predictions = recognizer.score(embeddings, logits)
@@ -183,13 +194,16 @@ def finish_run(run_dir: Path, config: Config, data: PreparedData, model: Landmar
     return result
 
 
-def evaluate_run(run_dir: Path, data_dir: Path, backend: str = "auto", out_dir: Path | None = None) -> tuple[dict, Path]:
-    """Metrics of a run on DIR's test.csv and *_solution.csv; returns the metrics and the report folder."""
+def evaluate_run(run_dir: Path, data_dir: Path, backend: str = "auto", out_dir: Path | None = None,
+                 trained_only: bool = False) -> tuple[dict, Path]:
+    """Metrics of a run on DIR's test.csv and *_solution.csv; returns the metrics and the report folder.
+
+    The references include what the web service approved unless ``trained_only``."""
     catalog = read_catalog(data_dir, "test")
     true = catalog.frame["landmark_id"].to_numpy()
     if (true == NO_LANDMARK).all():
         raise DataError(f"{data_dir} has no ground truth for its test photos (a *_solution.csv with id,landmarks).")
-    recognizer = Recognizer.load(run_dir, backend=backend)
+    recognizer = Recognizer.load(run_dir, backend=backend, trained_only=trained_only)
     paths = catalog.frame["path"].tolist()
     embeddings, logits, valid, failures = embed_paths(recognizer.embedder, paths, desc="evaluating")
     predictions = recognizer.score(embeddings, logits) if valid.any() else []
@@ -207,10 +221,11 @@ def evaluate_run(run_dir: Path, data_dir: Path, backend: str = "auto", out_dir: 
     return result, out_dir
 
 
-def write_submission(run_dir: Path, data_dir: Path, out: Path, backend: str = "auto") -> tuple[int, int]:
+def write_submission(run_dir: Path, data_dir: Path, out: Path, backend: str = "auto",
+                     trained_only: bool = False) -> tuple[int, int]:
     """Kaggle's ``id,landmarks`` with ``"<landmark_id> <score>"``; an unreadable photo gets an empty prediction."""
     catalog = read_catalog(data_dir, "test")
-    recognizer = Recognizer.load(run_dir, backend=backend)
+    recognizer = Recognizer.load(run_dir, backend=backend, trained_only=trained_only)
     predictions, failures = recognizer.predict_paths(catalog.frame["path"].tolist())
     rows = [
         f"{p.landmark_id} {p.confidence:.6f}" if p is not None and p.landmark_id != NO_LANDMARK else ""

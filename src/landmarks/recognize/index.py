@@ -23,6 +23,12 @@ of benchmarks/RESULTS.md). On embeddings with tighter clusters a smaller ``nprob
 set ``index.nprobe``.
 
 Approximate indexes are trained on a random sample of the references (seed 0), so a build is reproducible.
+
+Removal (``remove``, used by the web service's undo): a flat index drops the vectors in place (FAISS
+``remove_ids``, the later ones move down); an IVF or IVF-PQ index is emptied and the kept vectors are added
+again (their exact copies: ``IndexRefineFlat`` keeps them beside the PQ codes, IVF-flat hands them back through
+its direct map), because ``remove_ids`` there would leave holes in the ids that positions rely on. The cells and
+codebooks stay as trained. Tested against brute force over the kept vectors (tests/recognize/test_index.py).
 """
 
 from __future__ import annotations

@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import IO, Sequence
 
 from landmarks.recognize.embed import decode_batches
+from landmarks.recognize.geo import read_exif_location
 from landmarks.recognize.recognizer import Prediction, Recognizer
 from landmarks.utils import progress
 
 
-def _row(path: Path, prediction: Prediction, top_k: int) -> dict:
+def _row(path: Path, prediction: Prediction, top_k: int, info: dict) -> dict:
+    """One photo's answer; ``info``: the answer's latitude, longitude, url, description (what the run knows)."""
     return {
         "path": str(path),
         "landmark_id": prediction.landmark_id if prediction.known else -1,
@@ -21,6 +23,7 @@ def _row(path: Path, prediction: Prediction, top_k: int) -> dict:
         "confidence": round(prediction.confidence, 4),
         "top": [{"landmark_id": c.landmark_id, "name": c.name, "score": round(c.score, 4)} for c in prediction.candidates[:top_k]],
         "neighbours": [n.image_id for n in prediction.neighbours],
+        "info": info if prediction.known else {},
     }
 
 
@@ -33,9 +36,10 @@ def predict_to_stream(
     backend: str = "auto",
     batch_size: int = 32,
     workers: int = 2,
+    trained_only: bool = False,
 ) -> int:
     """Predict every photo, decoding the next batch while the current one runs; returns an exit status."""
-    recognizer = Recognizer.load(run_dir, backend=backend)
+    recognizer = Recognizer.load(run_dir, backend=backend, trained_only=trained_only)
     handle: IO[str] = open(out, "w", newline="") if out else sys.stdout
     fmt = "csv" if out and out.suffix == ".csv" else "json" if (as_json or out) else "text"
     writer = csv.writer(handle) if fmt == "csv" else None
@@ -45,9 +49,10 @@ def predict_to_stream(
     bar = progress(None, total=len(images), desc="predicting", unit="img")
     try:
         for positions, pixels, failures in decode_batches(images, recognizer.input_size_px, batch_size, workers):
-            predictions = recognizer.predict(pixels) if len(pixels) else []
+            locations = [read_exif_location(images[p]) for p in positions]  # EXIF GPS: the geo prior
+            predictions = recognizer.predict(pixels, locations) if len(pixels) else []
             for position, prediction in zip(positions, predictions):
-                row = _row(images[position], prediction, top_k)
+                row = _row(images[position], prediction, top_k, recognizer.info_of(prediction.landmark_id))
                 if writer:
                     top = " ".join(f"{c['landmark_id']}:{c['score']}" for c in row["top"])
                     writer.writerow([row["path"], row["landmark_id"], row["name"], row["confidence"], top])

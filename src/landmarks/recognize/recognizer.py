@@ -14,11 +14,14 @@ import numpy as np
 import pandas as pd
 
 from landmarks.config import RecognizeConfig, load_run_config
-from landmarks.data.catalog import NO_LANDMARK, NO_LANDMARK_NAME
+from landmarks.data.catalog import NO_LANDMARK, NO_LANDMARK_NAME, info_from_table
 from landmarks.errors import DataError
 from landmarks.models.registry import read_model_meta
+from landmarks.recognize.calibration import Calibration
 from landmarks.recognize.embed import Embedder, embed_paths, load_embedder
+from landmarks.recognize.geo import Location, rescore
 from landmarks.recognize.index import EmbeddingIndex
+from landmarks.store import ReferenceChanges, read_reference_changes
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +79,17 @@ class Recognizer:
         self.config = config
         self.run_dir = run_dir
         self.logit_scale = logit_scale  # ArcFace heads: logits are scale * cosine to the class centres
+        self.calibration: Calibration | None = None  # fused score -> P(right), from the run's calibration.json
+        self.info: dict[int, dict[str, float | str]] = {}  # latitude, longitude, url, description (labels.csv)
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
-    def load(cls, run_dir: str | Path, backend: str = "auto", tta_flip: bool | None = None) -> "Recognizer":
-        """Load a run folder; ``backend`` is auto (ONNX Runtime when model.onnx exists), onnx or torch."""
+    def load(cls, run_dir: str | Path, backend: str = "auto", tta_flip: bool | None = None,
+             trained_only: bool = False) -> "Recognizer":
+        """Load a run folder; ``backend`` is auto (ONNX Runtime when model.onnx exists), onnx or torch.
+
+        The references are the trained ones plus what the web service approved since (``RUN/store.sqlite``: enrolled
+        landmarks, added photos, removed and moved ones); ``trained_only`` leaves the store out."""
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise DataError(f"Run folder {run_dir} does not exist.")
@@ -95,7 +104,12 @@ class Recognizer:
         labels = pd.read_csv(run_dir / "labels.csv")
         names = {int(l): str(n) for l, n in zip(labels["landmark_id"], labels["name"])}
         index = EmbeddingIndex.load(run_dir / "index") if (run_dir / "index" / "index.faiss").exists() else None
-        return cls(embedder, labels["landmark_id"].to_numpy(), names, index, config, run_dir, logit_scale)
+        recognizer = cls(embedder, labels["landmark_id"].to_numpy(), names, index, config, run_dir, logit_scale)
+        recognizer.calibration = Calibration.load(run_dir)
+        recognizer.info = info_from_table(labels)
+        if not trained_only:
+            recognizer.apply_changes(read_reference_changes(run_dir))
+        return recognizer
 
     @property
     def input_size_px(self) -> int:
@@ -103,6 +117,10 @@ class Recognizer:
 
     def name_of(self, landmark_id: int) -> str:
         return self.names.get(int(landmark_id), str(landmark_id))
+
+    def info_of(self, landmark_id: int) -> dict[str, float | str]:
+        """What the run knows of a landmark beyond its name (latitude, longitude, url, description; may be empty)."""
+        return dict(self.info.get(int(landmark_id), {}))
 
     def add_references(self, embeddings: np.ndarray, image_ids: Sequence[str], landmark_id: int, name: str | None = None) -> None:
         """Make photos of a landmark (new or known) searchable at once; no retraining."""
@@ -114,6 +132,33 @@ class Recognizer:
                 self.config.knn_weight = 0.5
         else:
             self.index.add(embeddings, list(image_ids), [int(landmark_id)] * len(image_ids))
+
+    def remove_references(self, pairs: Sequence[tuple[str, int]]) -> int:
+        """Remove the references given as (image id, landmark id); returns how many were found and removed."""
+        if self.index is None:
+            return 0
+        return self.index.remove(self.index.positions_of(pairs))
+
+    def apply_changes(self, changes: ReferenceChanges) -> None:
+        """The store's changes on the trained references: landmarks enrolled and deleted, photos removed, then added."""
+        for landmark_id, name in changes.enrolled.items():
+            self.names[landmark_id] = name
+        for landmark_id in changes.deleted:
+            self.names.pop(landmark_id, None)
+        self.remove_references(list(changes.removed))
+        dim = self.index.dim if self.index is not None else None
+        added = [a for a in changes.added if dim is None or len(a[2]) == dim]
+        if len(added) < len(changes.added):
+            log.warning("skipped %d stored references whose embedding size does not match the model",
+                        len(changes.added) - len(added))
+        by_landmark: dict[int, list[tuple[str, np.ndarray]]] = {}
+        for image_id, landmark_id, embedding in added:
+            by_landmark.setdefault(landmark_id, []).append((image_id, embedding))
+        for landmark_id, rows in by_landmark.items():
+            self.add_references(np.stack([e for _, e in rows]), [i for i, _ in rows], landmark_id)
+        if changes:
+            log.info("references from the store: %d landmarks enrolled, %d removed, %d added",
+                     len(changes.enrolled), len(changes.removed), len(added))
 
     def next_landmark_id(self) -> int:
         """An id no landmark uses yet (for enrolling a new one)."""
@@ -127,9 +172,9 @@ class Recognizer:
         """uint8 NHWC photos at ``input_size_px`` -> (embeddings, logits)."""
         return self.embedder(images)
 
-    def predict(self, images: np.ndarray) -> list[Prediction]:
-        """Predictions for uint8 NHWC photos already decoded at ``input_size_px``."""
-        return self.score(*self.embed(images))
+    def predict(self, images: np.ndarray, locations: Sequence[Location | None] | None = None) -> list[Prediction]:
+        """Predictions for uint8 NHWC photos already decoded at ``input_size_px`` (taken where ``locations`` say)."""
+        return self.score(*self.embed(images), locations=locations)
 
     def predict_paths(
         self, paths: Sequence[str | Path], batch_size: int = 64, workers: int = 2
@@ -157,14 +202,16 @@ class Recognizer:
             return np.clip(logits / (self.logit_scale or 1.0), 0.0, 1.0)
         return softmax(logits)
 
-    def score(self, embeddings: np.ndarray, logits: np.ndarray) -> list[Prediction]:
+    def score(self, embeddings: np.ndarray, logits: np.ndarray,
+              locations: Sequence[Location | None] | None = None) -> list[Prediction]:
         """Fuse kNN similarities and classifier probabilities into one prediction per photo.
 
         For each candidate landmark: knn = highest cosine similarity among the k nearest reference photos of
         that landmark (0 if none), classifier = ``classifier_scores`` (for landmarks enrolled after training,
         which the classifier does not know, the knn score stands in). fused = w * knn + (1 - w) * classifier.
         Reference photos known to show no landmark (landmark id -1) pull the confidence down by how much
-        closer they are than the best landmark's photo.
+        closer they are than the best landmark's photo. A calibrated run (``calibration.json``) then turns the
+        fused scores into the probability that the answer is right; ``known`` is confidence >= min_confidence.
         """
         cfg = self.config
         probabilities = self.classifier_scores(logits)
@@ -206,4 +253,27 @@ class Recognizer:
                     best.landmark_id, best.name, best.score, candidates, neighbours, best.score >= cfg.min_confidence
                 )
             )
+        if self.calibration is not None:
+            self.calibration.apply(results, cfg.min_confidence)
+        if locations is not None:
+            self.apply_geo(results, locations)
         return results
+
+    @property
+    def coordinates(self) -> dict[int, Location]:
+        """The landmarks whose coordinates the run knows."""
+        return {i: Location(float(v["latitude"]), float(v["longitude"])) for i, v in self.info.items()
+                if "latitude" in v and "longitude" in v}
+
+    def apply_geo(self, predictions: Sequence[Prediction], locations: Sequence[Location | None]) -> None:
+        """The geo prior (``landmarks.recognize.geo``, ``recognize.geo_radius_km``) on predictions of photos taken at
+        ``locations`` (None: unknown), in place: far candidates lose confidence, the best is chosen again."""
+        radius = self.config.geo_radius_km
+        coordinates = self.coordinates if radius > 0 else {}
+        for prediction, location in zip(predictions, locations):
+            if location is None or not coordinates or not prediction.candidates:
+                continue
+            prediction.candidates = rescore(prediction.candidates, location, coordinates, radius)
+            best = prediction.candidates[0]
+            prediction.landmark_id, prediction.name, prediction.confidence = best.landmark_id, best.name, best.score
+            prediction.known = best.score >= self.config.min_confidence

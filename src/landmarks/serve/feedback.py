@@ -1,106 +1,117 @@
-"""SQLite (WAL) store next to the run: uploads, feedback, enrolled landmarks and the reference photos added at serve time.
+"""`landmarks feedback export`: what the service approved, as a dataset that `landmarks train --data` reads.
 
-A reference is identified by (image_id, landmark_id): the same photo given twice to one landmark is one reference,
-the same photo given to two landmarks is two, in memory as on disk.
+The dataset is in the GLDv2 layout: ``train.csv`` (id,landmark_id[,path]), ``train/a/b/c/<id>.jpg`` written from the
+photos kept in the store, and ``landmarks.csv`` (landmark_id,name). With ``base`` (the data the run was trained on)
+the base photos are listed in the same ``train.csv`` by their absolute ``path`` (not copied), minus the trained photos
+the service removed, with the photos it moved under their new landmark: one dataset, so a retrained run knows the
+taught landmarks in its classifier too.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-import time
-from contextlib import contextmanager
+import io
+import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
-import numpy as np
+import pandas as pd
+from PIL import Image
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS uploads (
-    upload_id TEXT PRIMARY KEY, created REAL, predicted_landmark_id INTEGER, confidence REAL,
-    embedding BLOB, image BLOB
-);
-CREATE TABLE IF NOT EXISTS feedback (
-    feedback_id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL, upload_id TEXT REFERENCES uploads(upload_id),
-    predicted_landmark_id INTEGER, landmark_id INTEGER, added_to_index INTEGER
-);
-CREATE TABLE IF NOT EXISTS landmarks (landmark_id INTEGER PRIMARY KEY, name TEXT NOT NULL, created REAL);
-CREATE TABLE IF NOT EXISTS added_references (
-    image_id TEXT, landmark_id INTEGER, embedding BLOB, created REAL, PRIMARY KEY (image_id, landmark_id)
-);
-"""
+from landmarks.data.catalog import read_catalog
+from landmarks.errors import LandmarksError
+from landmarks.store import STORE_FILE, Store
+from landmarks.utils import atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 
-class FeedbackStore:
-    """Every write is committed before the request answers, so nothing is lost on a restart or a crash."""
+@dataclass
+class ExportReport:
+    out_dir: Path
+    photos_written: int  # approved photos written under train/
+    base_photos: int  # photos listed from --base
+    removed_from_base: int  # base photos the service removed (or moved away from their landmark)
+    without_photo: int  # approved references whose photo was not kept (enrolled before photos were stored)
+    landmarks: int  # landmarks in train.csv
 
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        self.lock = threading.Lock()
-        with self.connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(SCHEMA)
 
-    @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=30)
-        db.execute("PRAGMA synchronous=FULL")  # each commit on disk before the request answers, even on power loss
-        try:
-            with db:  # commits, or rolls back on an exception
-                yield db
-        finally:
-            db.close()
+def _photo_id(image_id: str) -> str:
+    """A GLDv2-style id (at least 3 characters, no separator) from a reference id such as photo-<sha1>."""
+    tail = image_id.rsplit("-", 1)[-1]
+    return tail if len(tail) >= 3 and tail.isalnum() else "".join(c for c in image_id if c.isalnum()).ljust(3, "0")
 
-    def record_upload(self, upload_id: str, landmark_id: int, confidence: float, embedding: np.ndarray, image: bytes) -> None:
-        with self.lock, self.connect() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO uploads VALUES (?, ?, ?, ?, ?, ?)",
-                (upload_id, time.time(), landmark_id, confidence, embedding.astype(np.float32).tobytes(), image),
-            )
 
-    def upload(self, upload_id: str) -> tuple[int, np.ndarray] | None:
-        """(predicted landmark id, embedding) of an earlier upload, or None."""
-        with self.connect() as db:
-            row = db.execute(
-                "SELECT predicted_landmark_id, embedding FROM uploads WHERE upload_id = ?", (upload_id,)
-            ).fetchone()
-        return None if row is None else (int(row[0]), np.frombuffer(row[1], dtype=np.float32))
+def _as_jpeg(photo: bytes) -> bytes:
+    if photo[:3] == b"\xff\xd8\xff":
+        return photo
+    buffer = io.BytesIO()
+    with Image.open(io.BytesIO(photo)) as image:
+        image.convert("RGB").save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
 
-    def record_feedback(self, upload_id: str, predicted: int, landmark_id: int, reference: tuple[str, np.ndarray] | None) -> int:
-        """The feedback row and, when given, the (image id, embedding) reference it adds: one transaction."""
-        with self.lock, self.connect() as db:
-            if reference is not None:
-                self._insert_references(db, [reference[0]], landmark_id, reference[1][None])
-            cursor = db.execute(
-                "INSERT INTO feedback (created, upload_id, predicted_landmark_id, landmark_id, added_to_index) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (time.time(), upload_id, predicted, landmark_id, int(reference is not None)),
-            )
-            return int(cursor.lastrowid)
 
-    def feedback_count(self) -> int:
-        with self.connect() as db:
-            return int(db.execute("SELECT COUNT(*) FROM feedback").fetchone()[0])
+def _run_names(run_dir: Path) -> dict[int, str]:
+    labels = run_dir / "labels.csv"
+    if not labels.exists():
+        return {}
+    frame = pd.read_csv(labels, keep_default_na=False)
+    return {int(i): str(n) for i, n in zip(frame["landmark_id"], frame["name"])}
 
-    def enrol(self, landmark_id: int, name: str | None, image_ids: list[str], embeddings: np.ndarray) -> None:
-        """A new landmark (when ``name`` is given) and its reference photos: one transaction."""
-        with self.lock, self.connect() as db:
-            if name is not None:
-                db.execute("INSERT OR REPLACE INTO landmarks VALUES (?, ?, ?)", (landmark_id, name, time.time()))
-            self._insert_references(db, image_ids, landmark_id, embeddings)
 
-    @staticmethod
-    def _insert_references(db: sqlite3.Connection, image_ids: list[str], landmark_id: int, embeddings: np.ndarray) -> None:
-        db.executemany(
-            "INSERT OR IGNORE INTO added_references VALUES (?, ?, ?, ?)",
-            [(i, landmark_id, e.astype(np.float32).tobytes(), time.time()) for i, e in zip(image_ids, embeddings)],
-        )
-
-    def landmarks(self) -> dict[int, str]:
-        with self.connect() as db:
-            return {int(i): str(n) for i, n in db.execute("SELECT landmark_id, name FROM landmarks")}
-
-    def references(self) -> list[tuple[str, int, np.ndarray]]:
-        with self.connect() as db:
-            rows = db.execute("SELECT image_id, landmark_id, embedding FROM added_references ORDER BY created").fetchall()
-        return [(str(i), int(l), np.frombuffer(e, dtype=np.float32)) for i, l, e in rows]
+def export_feedback(run_dir: Path, out_dir: Path, base: Path | None = None) -> ExportReport:
+    """Write the approved contributions of ``run_dir`` (merged with ``base`` when given) into ``out_dir``."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    if not (run_dir / STORE_FILE).exists() and not (run_dir / "feedback.sqlite").exists():
+        raise LandmarksError(f"{run_dir} has no store ({STORE_FILE}): the service has approved nothing there yet.")
+    if (out_dir / "train.csv").exists():
+        raise LandmarksError(f"{out_dir} already holds a dataset (train.csv); choose an empty folder.")
+    store = Store.open(run_dir)
+    changes = store.reference_changes()
+    names = {**_run_names(run_dir)}
+    rows: list[dict] = []
+    base_paths: dict[str, str] = {}
+    removed_from_base = 0
+    if base is not None:
+        catalog = read_catalog(base)
+        names.update(catalog.names)
+        frame = catalog.frame[catalog.frame["landmark_id"] >= 0]
+        base_paths = dict(zip(frame["id"], frame["path"]))
+        for image_id, landmark_id, path in zip(frame["id"], frame["landmark_id"].tolist(), frame["path"]):
+            if (image_id, landmark_id) in changes.removed or landmark_id in changes.deleted:
+                removed_from_base += 1
+                continue
+            rows.append({"id": image_id, "landmark_id": landmark_id, "path": path})
+    base_rows = len(rows)
+    names.update(changes.enrolled)
+    written = without_photo = 0
+    seen = {(r["id"], r["landmark_id"]) for r in rows}
+    for reference in store.added_references():
+        photo = store.reference_photo(reference.image_id, reference.landmark_id) if reference.has_photo else None
+        if photo is None:
+            if reference.image_id in base_paths and (reference.image_id, reference.landmark_id) not in seen:
+                rows.append({"id": reference.image_id, "landmark_id": reference.landmark_id,
+                             "path": base_paths[reference.image_id]})  # a trained photo moved to another landmark
+                seen.add((reference.image_id, reference.landmark_id))
+            else:
+                without_photo += 1
+            continue
+        photo_id = _photo_id(reference.image_id)
+        relative = f"train/{photo_id[0]}/{photo_id[1]}/{photo_id[2]}/{photo_id}.jpg"
+        if (photo_id, reference.landmark_id) in seen:
+            continue
+        atomic_write_bytes(out_dir / relative, _as_jpeg(photo))
+        rows.append({"id": photo_id, "landmark_id": reference.landmark_id, "path": str((out_dir / relative).resolve())})
+        seen.add((photo_id, reference.landmark_id))
+        written += 1
+    if not rows:
+        raise LandmarksError(f"{run_dir}'s store has no approved photo to export" + ("." if base else " (give --base DATA to merge)."))
+    table = pd.DataFrame(rows, columns=["id", "landmark_id", "path"])
+    if base is None:
+        table = table[["id", "landmark_id"]]  # the photos lie at train/a/b/c/<id>.jpg: GLDv2 as it is
+    landmark_ids = sorted(int(i) for i in table["landmark_id"].unique())
+    atomic_write_text(out_dir / "landmarks.csv", pd.DataFrame(
+        {"landmark_id": landmark_ids, "name": [names.get(i, str(i)) for i in landmark_ids]}).to_csv(index=False))
+    atomic_write_text(out_dir / "train.csv", table.to_csv(index=False))  # last: it vouches for the rest
+    report = ExportReport(out_dir, written, base_rows, removed_from_base, without_photo, len(landmark_ids))
+    log.info("exported %s", report)
+    return report

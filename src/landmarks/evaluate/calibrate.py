@@ -1,0 +1,455 @@
+"""Calibrating a run after training: answers on photos the weights never learned from, the fitted map, the threshold.
+
+``gather_samples`` asks a probe Recognizer (same model and settings, an index of the training photos only, plus
+the non-landmark references) about held-out photos, about the same photos with their landmark hidden (see
+``landmarks.recognize.calibration``), and about non-landmark photos; ``calibrate`` fits the map and chooses
+``recognize.min_confidence``; ``calibrate_after_training`` does all of it for ``finish_run`` and writes
+``calibration.json``, ``plots/reliability.png`` and ``plots/precision_coverage.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from landmarks.config import Config, dump_config
+from landmarks.data.catalog import IMAGE_SUFFIXES, NO_LANDMARK
+from landmarks.data.prepared import PreparedData
+from landmarks.errors import DataError
+from landmarks.evaluate import plots
+from landmarks.models.heads import GLRNeck, SubCenterArcFace, dynamic_margins
+from landmarks.recognize.calibration import (
+    FEATURES,
+    Calibration,
+    choose_threshold,
+    expected_calibration_error,
+    fit_calibration,
+    log_loss,
+    prediction_features,
+    split_non_landmark_bank,
+)
+from landmarks.recognize.embed import Embedder, embed_paths, l2_normalize
+from landmarks.recognize.index import EmbeddingIndex
+from landmarks.recognize.recognizer import Prediction, Recognizer
+
+log = logging.getLogger(__name__)
+
+HELD_OUT, HIDDEN, NON_LANDMARK_PHOTO = "held-out photo", "hidden landmark", "non-landmark photo"
+HIDDEN_FRACTION = 0.25  # landmarks a calibration model never sees, as bench_open_set.py hides them
+MAX_CAPTURED_PHOTOS = 200_000  # above this many training photos, hidden landmarks are left out instead
+_NOTHING_HIDDEN = np.iinfo(np.int64).min
+
+
+class LeaveOutRecognizer(Recognizer):
+    """A Recognizer that, per query, can leave one landmark out of the candidates (its reference photos and its
+    classifier column) and one reference photo out of the search (the query itself)."""
+
+    hidden: np.ndarray | None = None  # per query: the landmark id to hide, or _NOTHING_HIDDEN
+    excluded: np.ndarray | None = None  # per query: the index position to skip, or -1
+
+    def search(self, embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if (self.hidden is None and self.excluded is None) or self.index is None or not len(self.index):
+            return super().search(embeddings, k)
+        extra = 1 if self.excluded is not None else 0
+        if self.hidden is not None:
+            hidden = [int(h) for h in np.unique(self.hidden) if h != _NOTHING_HIDDEN]
+            extra += max([self.index.count_of(h) for h in hidden], default=0)
+        similarities, positions, labels = super().search(embeddings, min(len(self.index), k + extra))
+        drop = positions < 0
+        if self.hidden is not None:
+            drop |= labels == self.hidden[:, None]
+        if self.excluded is not None:
+            drop |= positions == self.excluded[:, None]
+        order = np.argsort(drop, axis=1, kind="stable")[:, :k]
+        dropped = np.take_along_axis(drop, order, axis=1)
+        similarities = np.where(dropped, -np.inf, np.take_along_axis(similarities, order, axis=1)).astype(np.float32)
+        positions = np.where(dropped, -1, np.take_along_axis(positions, order, axis=1))
+        labels = np.where(dropped, NO_LANDMARK, np.take_along_axis(labels, order, axis=1))
+        return similarities, positions, labels
+
+    def classifier_scores(self, logits: np.ndarray) -> np.ndarray:
+        if self.hidden is not None and logits.size:
+            logits = np.array(logits, dtype=np.float32, copy=True)
+            for row, landmark_id in enumerate(self.hidden):
+                column = self.class_of.get(int(landmark_id))
+                if column is not None:
+                    logits[row, column] = -1e9  # softmax: renormalised over the others; cosine: clipped to 0
+        return super().classifier_scores(logits)
+
+    def ask(self, embeddings: np.ndarray, logits: np.ndarray, hidden: np.ndarray | None = None,
+            excluded: np.ndarray | None = None) -> list[Prediction]:
+        """``score`` with ``hidden`` landmarks and ``excluded`` reference positions, one per query."""
+        self.hidden = None if hidden is None else np.asarray(hidden, dtype=np.int64)
+        self.excluded = None if excluded is None else np.asarray(excluded, dtype=np.int64)
+        try:
+            return self.score(embeddings, logits)
+        finally:
+            self.hidden = self.excluded = None
+
+
+@dataclass
+class CalibrationSamples:
+    """One row per answer on calibration photos: the fused-score features, whether the answer was right, whether
+    the photo shows a known landmark, and where the photo came from (``HELD_OUT``, ``HIDDEN``, ``NON_LANDMARK_PHOTO``)."""
+
+    features: np.ndarray
+    correct: np.ndarray
+    is_landmark: np.ndarray
+    source: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.correct)
+
+    def counts(self) -> dict[str, int]:
+        return {str(s): int((self.source == s).sum()) for s in (HELD_OUT, HIDDEN, NON_LANDMARK_PHOTO)}
+
+    def only(self, sources: Sequence[str]) -> "CalibrationSamples":
+        keep = np.isin(self.source, list(sources))
+        return CalibrationSamples(self.features[keep], self.correct[keep], self.is_landmark[keep], self.source[keep])
+
+    def to_frame(self) -> pd.DataFrame:
+        frame = pd.DataFrame(self.features, columns=list(FEATURES))
+        return frame.assign(correct=self.correct.astype(int), is_landmark=self.is_landmark.astype(int),
+                            source=self.source)
+
+
+def probe_recognizer(recognizer: Recognizer, embeddings: np.ndarray, image_ids: Sequence[str],
+                     landmark_ids: Sequence[int] | np.ndarray) -> LeaveOutRecognizer:
+    """A LeaveOutRecognizer with ``recognizer``'s model and settings over these references only, uncalibrated."""
+    index = EmbeddingIndex.build(np.asarray(embeddings, np.float32), list(image_ids), np.asarray(landmark_ids), "flat")
+    return LeaveOutRecognizer(recognizer.embedder, recognizer.class_landmark_ids, recognizer.names, index,
+                              copy.deepcopy(recognizer.config), logit_scale=recognizer.logit_scale)
+
+
+def gather_samples(
+    probe: LeaveOutRecognizer,
+    queries: tuple[np.ndarray, np.ndarray, np.ndarray],
+    negatives: tuple[np.ndarray, np.ndarray] | None = None,
+    queries_are_references: bool = False,
+) -> CalibrationSamples:
+    """Answers of ``probe`` on held-out photos ``queries`` = (embeddings, logits, true landmark ids), on the same
+    photos with their landmark hidden, and on non-landmark photos ``negatives`` = (embeddings, logits).
+
+    ``queries_are_references``: query i is reference i of the probe's index (a run without a validation split
+    whose weights never saw the photos: each photo is asked with itself left out)."""
+    embeddings, logits, true = queries
+    true = np.asarray(true, dtype=np.int64)
+    excluded = np.arange(len(true)) if queries_are_references else None
+    features, correct, is_landmark, source = [], [], [], []
+    if len(true):
+        answers = probe.ask(embeddings, logits, excluded=excluded)
+        features.append(prediction_features(answers))
+        correct.append(np.array([a.landmark_id for a in answers]) == true)
+        is_landmark.append(np.ones(len(true), bool))
+        source += [HELD_OUT] * len(true)
+        hidden_answers = probe.ask(embeddings, logits, hidden=true, excluded=excluded)
+        features.append(prediction_features(hidden_answers))
+        correct.append(np.zeros(len(true), bool))
+        is_landmark.append(np.zeros(len(true), bool))
+        source += [HIDDEN] * len(true)
+    if negatives is not None and len(negatives[0]):
+        answers = probe.ask(*negatives)
+        features.append(prediction_features(answers))
+        correct.append(np.zeros(len(answers), bool))
+        is_landmark.append(np.zeros(len(answers), bool))
+        source += [NON_LANDMARK_PHOTO] * len(answers)
+    if not features:
+        nothing = np.zeros(0, bool)
+        return CalibrationSamples(np.zeros((0, len(FEATURES))), nothing, nothing, np.array([], dtype=object))
+    return CalibrationSamples(np.concatenate(features), np.concatenate(correct), np.concatenate(is_landmark),
+                              np.asarray(source, dtype=object))
+
+
+def calibrate(samples: CalibrationSamples, method: str, target_precision: float | None,
+              default_threshold: float = 0.3) -> Calibration:
+    """Fit ``method`` on the samples and choose the threshold for ``target_precision`` (None: ``default_threshold``
+    on the calibrated scale); what it was fitted on and what it measures there are recorded in the result."""
+    calibration = fit_calibration(samples.features, samples.correct, method)
+    confidences = calibration(samples.features)
+    if target_precision is None or calibration.method == "none" and method != "none":
+        threshold, reached = default_threshold, None
+    else:
+        threshold, reached = choose_threshold(confidences, samples.correct, target_precision)
+        if not reached:
+            log.warning("no threshold reaches a precision of %.2f on the calibration photos; using %.3f, the most "
+                        "precise", target_precision, threshold)
+    calibration.threshold = float(threshold)
+    calibration.target_precision = target_precision
+    calibration.fitted_on = samples.counts()
+    answered = confidences >= threshold
+    landmark_photos, others = int(samples.is_landmark.sum()), int((~samples.is_landmark).sum())
+    calibration.measured = {
+        "target_reached": reached,
+        "precision_of_known_answers": float(samples.correct[answered].mean()) if answered.any() else None,
+        "coverage": float(samples.correct[answered].sum() / landmark_photos) if landmark_photos else None,
+        "non_landmark_photos_named": float((answered & ~samples.is_landmark).sum() / others) if others else None,
+        "expected_calibration_error": expected_calibration_error(confidences, samples.correct),
+        "log_loss": log_loss(confidences, samples.correct),
+    }
+    return calibration
+
+
+def write_calibration(run_dir: Path, calibration: Calibration, samples: CalibrationSamples) -> None:
+    """calibration.json, evaluation/calibration/samples.csv and the two plots of the run folder."""
+    calibration.save(run_dir)
+    out = run_dir / "evaluation" / "calibration"
+    out.mkdir(parents=True, exist_ok=True)
+    confidences = calibration(samples.features)
+    samples.to_frame().assign(confidence=confidences).to_csv(out / "samples.csv", index=False)
+    what = ", ".join(f"{n} {k}s" for k, n in calibration.fitted_on.items() if isinstance(n, int) and n)
+    plots.plot_reliability(confidences, samples.correct, run_dir / "plots" / "reliability.png",
+                           raw_scores=samples.features[:, 0], what=what)
+    plots.plot_precision_coverage(confidences, samples.correct, samples.is_landmark, calibration.threshold,
+                                  run_dir / "plots" / "precision_coverage.png", calibration.target_precision, what=what)
+
+
+def bank_photos(folder: str | Path) -> list[Path]:
+    """The photos of a non-landmark bank folder (any depth)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"data.non_landmarks={folder} is not a folder of photos.")
+    photos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not photos:
+        raise DataError(f"No photos ({', '.join(IMAGE_SUFFIXES)}) found in data.non_landmarks={folder}.")
+    return photos
+
+
+def embed_bank(embedder: Embedder, folder: str | Path, seed: int) -> tuple[tuple, tuple]:
+    """A bank split (``split_non_landmark_bank``) and embedded: ((embeddings, image ids) of the references,
+    (embeddings, logits) of the calibration negatives)."""
+    references, negatives = split_non_landmark_bank(bank_photos(folder), seed=seed)
+    ref_embeddings, _, valid, _ = embed_paths(embedder, references, desc="non-landmark references")
+    ref_ids = [f"non-landmark:{p.name}" for p, ok in zip(references, valid) if ok]
+    neg_embeddings, neg_logits, _, _ = embed_paths(embedder, negatives, desc="non-landmark negatives")
+    return (ref_embeddings, ref_ids), (neg_embeddings, neg_logits)
+
+
+def calibrate_after_training(run_dir: Path, config: Config, data: PreparedData, recognizer: Recognizer,
+                             splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                             pooled_calls: list[np.ndarray] | None = None) -> Calibration | None:
+    """finish_run's calibration step; sets ``recognizer.calibration`` and returns it.
+
+    The non-landmark bank (``data.non_landmarks``) is split into references, added to ``recognizer``'s index as
+    landmark -1, and calibration negatives. The hidden-landmark answers come from a calibration model that never
+    saw a quarter of the landmarks (``recognize.hidden_landmarks=model``; ArcFace heads, whose pooled backbone
+    features finish_run captured in ``pooled_calls`` while embedding the train, val and test splits) or else from
+    leaving each validation photo's own landmark out. ``recognize.min_confidence`` is set for
+    ``recognize.target_precision``. A run without a validation split is calibrated on its training photos (each
+    left out of its own search) when its weights never trained on them (``train.epochs=0``), otherwise not at all."""
+    ids, landmark_ids = data.frame["id"].to_numpy(), data.frame["landmark_id"].to_numpy()
+    train_positions, train_embeddings, train_logits = splits["train"]
+    val_positions, val_embeddings, val_logits = splits["val"]
+    references = [train_embeddings], ids[train_positions].tolist(), [landmark_ids[train_positions]]
+    use_model = bool(pooled_calls) and config.recognize.hidden_landmarks == "model" and len(val_positions) > 0
+    model = getattr(recognizer.embedder, "model", None)
+    negatives, bank_pooled = None, [None, None]
+    if config.data.non_landmarks:
+        with capture_pooled(model) if use_model else contextlib.nullcontext() as bank_calls:
+            (bank_embeddings, bank_ids), negatives = embed_bank(recognizer.embedder, config.data.non_landmarks,
+                                                                config.train.seed)
+        if use_model:
+            bank_pooled = pooled_views(bank_calls, [len(bank_ids), len(negatives[0])], config.recognize.tta_flip)
+        if len(bank_ids):
+            recognizer.index.add(bank_embeddings, bank_ids, [NO_LANDMARK] * len(bank_ids))
+            references[0].append(bank_embeddings)
+            references[1].extend(bank_ids)
+            references[2].append(np.full(len(bank_ids), NO_LANDMARK))
+        log.info("non-landmark bank %s: %d references, %d calibration negatives", config.data.non_landmarks,
+                 len(bank_ids), len(negatives[0]))
+    if use_model:
+        counts = [len(splits[s][0]) for s in ("train", "val", "test")]
+        train_pooled, val_pooled, _ = pooled_views(pooled_calls, counts, config.recognize.tta_flip)
+        samples = calibration_model_samples(recognizer, config, (train_pooled, landmark_ids[train_positions]),
+                                            (val_pooled, landmark_ids[val_positions]), *bank_pooled)
+        queries = ("validation split, asked of a calibration model trained without a quarter of the landmarks "
+                   "(their photos are the hidden-landmark answers)")
+    elif len(val_positions) or (config.train.epochs == 0 and len(train_positions)):
+        queries_are_references = not len(val_positions)
+        queries = (train_embeddings, train_logits, landmark_ids[train_positions]) if queries_are_references else (
+            val_embeddings, val_logits, landmark_ids[val_positions])
+        probe = probe_recognizer(recognizer, np.concatenate(references[0]), references[1],
+                                 np.concatenate(references[2]))
+        samples = gather_samples(probe, queries, negatives, queries_are_references)
+        queries = ("training photos, each left out of its own search (untrained weights)" if queries_are_references
+                   else "validation split, searched against the training photos"
+                   ) + "; hidden landmarks: each photo asked again with its own landmark left out"
+    else:
+        log.warning("no calibration: the run has no validation split and its weights saw every training photo; "
+                    "recognize.min_confidence stays %.2f", config.recognize.min_confidence)
+        return None
+    recognize = config.recognize
+    calibration = calibrate(samples, recognize.calibration, recognize.target_precision, recognize.min_confidence)
+    calibration.fitted_on["queries"] = queries
+    write_calibration(run_dir, calibration, samples)
+    recognizer.calibration = calibration
+    config.recognize.min_confidence = round(calibration.threshold, 6)
+    dump_config(config, run_dir / "config.yaml")
+    measured = calibration.measured
+    log.info("calibrated (%s) on %s: known answers from confidence %.3f: %s right, %s of landmark photos answered "
+             "right, %s of the others named a landmark", calibration.method, calibration.fitted_on,
+             calibration.threshold, _share(measured["precision_of_known_answers"]), _share(measured["coverage"]),
+             _share(measured["non_landmark_photos_named"]))
+    return calibration
+
+
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
+# -- hidden landmarks from a calibration model ------------------------------------------------------
+def has_arcface_neck(model: torch.nn.Module | None) -> bool:
+    """Whether ``model`` has the pooling -> neck -> ArcFace head a calibration model can be trained like."""
+    head = getattr(model, "head", None)
+    return hasattr(head, "neck") and hasattr(head, "arcface")
+
+
+@contextlib.contextmanager
+def capture_pooled(model: torch.nn.Module | None, photos: int = 0) -> Iterator[list[np.ndarray] | None]:
+    """While open, record the pooled backbone features an ArcFace head's neck receives, one array per forward call
+    (with TTA the calls alternate: photos, then their mirror images). None for other heads, and when ``photos``
+    is above ``MAX_CAPTURED_PHOTOS`` (memory: 1280 floats a view)."""
+    if not has_arcface_neck(model) or photos > MAX_CAPTURED_PHOTOS:
+        yield None
+        return
+    calls: list[np.ndarray] = []
+    handle = model.head.neck.register_forward_pre_hook(
+        lambda _module, args: calls.append(args[0].detach().float().cpu().numpy()))
+    try:
+        yield calls
+    finally:
+        handle.remove()
+
+
+def pooled_views(calls: list[np.ndarray], counts: Sequence[int], tta_flip: bool) -> list[np.ndarray]:
+    """The captured calls as one (photos, views, features) array per consecutive group of ``counts`` photos."""
+    views = 2 if tta_flip else 1
+    if not calls:
+        return [np.zeros((n, views, 0), np.float32) for n in counts]
+    stacked = np.stack([np.concatenate(calls[v::views]) for v in range(views)], axis=1)
+    if len(stacked) != sum(counts):
+        raise ValueError(f"captured {len(stacked)} photos' features, expected {sum(counts)}")
+    return np.split(stacked, np.cumsum(counts)[:-1])
+
+
+class CalibrationModel:
+    """A fresh neck and ArcFace head trained, like the run's own, on the pooled features of the training photos of
+    some landmarks only: the others are hidden from it, as ``benchmarks/bench_open_set.py`` hides them."""
+
+    def __init__(self, neck: torch.nn.Module, arcface: torch.nn.Module):
+        self.neck, self.arcface = neck.eval(), arcface.eval()
+
+    @torch.no_grad()
+    def __call__(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(photos, views, features) -> (L2-normalised embeddings averaged over views, logits averaged over views)."""
+        if not len(pooled):
+            dim, classes = self.arcface.weight.shape[1], self.arcface.num_classes
+            return np.zeros((0, dim), np.float32), np.zeros((0, classes), np.float32)
+        x = torch.from_numpy(np.ascontiguousarray(pooled.reshape(-1, pooled.shape[-1]), dtype=np.float32))
+        embedding = torch.nn.functional.normalize(self.neck(x), dim=1)
+        logits = self.arcface(embedding)
+        views = pooled.shape[1]
+        embedding = embedding.view(len(pooled), views, -1).sum(1)
+        logits = logits.view(len(pooled), views, -1).mean(1)
+        return l2_normalize(embedding.numpy()), logits.numpy().astype(np.float32)
+
+
+def train_calibration_model(pooled: np.ndarray, class_index: np.ndarray, num_classes: int,
+                            config: Config) -> CalibrationModel:
+    """A neck + sub-center ArcFace head on (photos, views, features) with the run's model and optimiser settings."""
+    model_cfg, train_cfg = config.model, config.train
+    generator = torch.Generator().manual_seed(train_cfg.seed)
+    torch.manual_seed(train_cfg.seed)
+    counts = np.bincount(class_index, minlength=num_classes)
+    neck = GLRNeck(pooled.shape[-1], model_cfg.embedding_dim)
+    margins = dynamic_margins(counts, model_cfg.arcface_margin_min, model_cfg.arcface_margin_range)
+    arcface = SubCenterArcFace(model_cfg.embedding_dim, num_classes, model_cfg.arcface_subcenters,
+                               model_cfg.arcface_scale, margins)
+    x = torch.from_numpy(np.ascontiguousarray(pooled.reshape(-1, pooled.shape[-1]), dtype=np.float32))
+    y = torch.from_numpy(np.repeat(np.asarray(class_index, np.int64), pooled.shape[1]))
+    parameters = [*neck.parameters(), *arcface.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    epochs = max(1, train_cfg.epochs)
+    batch = max(2, min(train_cfg.batch_size, len(x)))
+    steps = epochs * max(1, len(x) // batch)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if train_cfg.scheduler == "cosine" else None
+    neck.train()
+    arcface.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x) - batch + 1, batch):  # full batches only: BatchNorm needs two photos or more
+            rows = order[start : start + batch]
+            loss = torch.nn.functional.cross_entropy(arcface(neck(x[rows]), y[rows]), y[rows],
+                                                     label_smoothing=train_cfg.label_smoothing)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+    return CalibrationModel(neck, arcface)
+
+
+def calibration_model_samples(
+    recognizer: Recognizer,
+    config: Config,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    bank_references: np.ndarray | None = None,
+    bank_negatives: np.ndarray | None = None,
+    hidden_fraction: float = HIDDEN_FRACTION,
+) -> CalibrationSamples:
+    """Calibration answers of a model that never saw a quarter of the landmarks (drawn with ``train.seed``).
+
+    ``train`` / ``val``: (pooled features (photos, views, features), landmark ids) of the training and validation
+    photos; ``bank_*``: pooled features of the non-landmark references and negatives. The calibration model's
+    index holds the training photos of the landmarks it knows (and the non-landmark references); it is asked about
+    the validation photos of those landmarks (right or wrong answers), about as many photos of the hidden landmarks
+    (every answer wrong: a landmark it was never trained on) and about the non-landmark negatives."""
+    train_pooled, train_landmarks = train
+    val_pooled, val_landmarks = val
+    rng = np.random.default_rng(config.train.seed)
+    landmarks = np.unique(train_landmarks)
+    hidden = rng.choice(landmarks, size=max(1, int(round(hidden_fraction * len(landmarks)))), replace=False)
+    known_ids = np.setdiff1d(landmarks, hidden)
+    kept = np.isin(train_landmarks, known_ids)
+    model = train_calibration_model(train_pooled[kept], np.searchsorted(known_ids, train_landmarks[kept]),
+                                    len(known_ids), config)
+    references, _ = model(train_pooled[kept])
+    ids = [f"train:{i}" for i in range(int(kept.sum()))]
+    labels = train_landmarks[kept]
+    if bank_references is not None and len(bank_references):
+        bank_embeddings, _ = model(bank_references)
+        references = np.concatenate([references, bank_embeddings])
+        ids += [f"non-landmark:{i}" for i in range(len(bank_embeddings))]
+        labels = np.concatenate([labels, np.full(len(bank_embeddings), NO_LANDMARK)])
+    probe = LeaveOutRecognizer(recognizer.embedder, known_ids, recognizer.names,
+                               EmbeddingIndex.build(references, ids, labels, "flat"), copy.deepcopy(recognizer.config),
+                               logit_scale=recognizer.logit_scale)
+    known_queries = ~np.isin(val_landmarks, hidden)
+    hidden_pool = np.concatenate([train_pooled[~kept], val_pooled[~known_queries]])
+    take = rng.choice(len(hidden_pool), size=min(len(hidden_pool), int(known_queries.sum())), replace=False)
+    parts = [(val_pooled[known_queries], val_landmarks[known_queries], HELD_OUT),
+             (hidden_pool[np.sort(take)], None, HIDDEN)]
+    if bank_negatives is not None and len(bank_negatives):
+        parts.append((bank_negatives, None, NON_LANDMARK_PHOTO))
+    features, correct, is_landmark, source = [], [], [], []
+    for pooled, true, kind in parts:
+        if not len(pooled):
+            continue
+        answers = probe.ask(*model(pooled))
+        features.append(prediction_features(answers))
+        correct.append(np.array([a.landmark_id for a in answers]) == true if true is not None
+                       else np.zeros(len(answers), bool))
+        is_landmark.append(np.full(len(answers), kind == HELD_OUT))
+        source += [kind] * len(answers)
+    log.info("calibration model: %d landmarks known, %d hidden (%s)", len(known_ids), len(hidden),
+             ", ".join(str(int(h)) for h in np.sort(hidden)))
+    return CalibrationSamples(np.concatenate(features), np.concatenate(correct), np.concatenate(is_landmark),
+                              np.asarray(source, dtype=object))

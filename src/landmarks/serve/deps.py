@@ -1,0 +1,40 @@
+"""Shared state and who is asking, as FastAPI dependencies: ``get_service``, ``get_actor``, ``require_admin``."""
+
+from __future__ import annotations
+
+from fastapi import Depends, Request
+
+from landmarks.serve.service import Actor, Service
+from landmarks.serve.settings import ServiceError
+
+
+def get_service(request: Request) -> Service:
+    """The app's one Service (built in the app's lifespan)."""
+    return request.app.state.service
+
+
+def get_actor(request: Request, service: Service = Depends(get_service)) -> Actor:
+    """The sender: the token's role and name (401 for a malformed, unknown or revoked token), else anonymous (or an
+    admin, on a service started with ``--open``)."""
+    host = request.client.host if request.client else "unknown"
+    header = request.headers.get("authorization")
+    if header is None:
+        if service.settings.open:
+            return Actor("admin", "open access", None, f"ip:{host}")
+        return Actor("anonymous", "anonymous", None, f"ip:{host}")
+    scheme, _, secret = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise ServiceError(401, "The Authorization header must be 'Bearer <token>'.", {"WWW-Authenticate": "Bearer"})
+    token = service.store.token_for(secret.strip())
+    if token is None:
+        raise ServiceError(401, "The token is unknown or revoked.", {"WWW-Authenticate": "Bearer"})
+    return Actor(token.role, token.name or f"{token.role} {token.token_id}", token.token_id, f"token:{token.token_id}")
+
+
+def require_admin(actor: Actor = Depends(get_actor)) -> Actor:
+    """401 without a token, 403 with a contributor's."""
+    if actor.role == "anonymous":
+        raise ServiceError(401, "This needs an admin token (Authorization: Bearer <token>).", {"WWW-Authenticate": "Bearer"})
+    if actor.role != "admin":
+        raise ServiceError(403, "This needs an admin token; yours is a contributor's.")
+    return actor

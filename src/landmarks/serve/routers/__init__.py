@@ -1,0 +1,1 @@
+"""The API, one router per concern: recognition (read, correct, enrol, undo), review (suggestions), access (tokens, audit)."""

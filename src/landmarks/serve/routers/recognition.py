@@ -1,0 +1,132 @@
+"""Recognising photos, the landmarks, corrections, enrolment and undo (DELETE)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi.responses import HTMLResponse
+
+from landmarks.data.catalog import NO_LANDMARK, NO_LANDMARK_NAME
+from landmarks.recognize.geo import Location
+from landmarks.recognize.recognizer import Prediction
+from landmarks.serve.deps import get_actor, get_service, require_admin
+from landmarks.serve.schemas import (
+    CandidateOut, DeletedLandmarkOut, EnrolOut, FeedbackIn, FeedbackOut, HealthOut, LandmarkInfo, LandmarkOut, MoveIn,
+    NeighbourOut, PredictionOut, ReferenceOut, RemovedOut, WhoAmIOut,
+)
+from landmarks.serve.service import Actor, Service
+from landmarks.serve.settings import ServiceError
+
+router = APIRouter()
+
+
+def prediction_out(upload_id: str, prediction: Prediction, top_k: int, info: dict | None = None) -> PredictionOut:
+    message = (f"{prediction.name} ({prediction.confidence:.0%})" if prediction.known
+               else "No known landmark: the best guess is too uncertain.")
+    return PredictionOut(
+        upload_id=upload_id, known=prediction.known,
+        landmark_id=prediction.landmark_id if prediction.known else NO_LANDMARK,
+        name=prediction.name if prediction.known else f"({NO_LANDMARK_NAME})", confidence=prediction.confidence,
+        candidates=[CandidateOut(**c.__dict__) for c in prediction.candidates[:top_k]],
+        neighbours=[NeighbourOut(**n.__dict__) for n in prediction.neighbours], message=message,
+        info=LandmarkInfo(**(info or {})) if prediction.known else LandmarkInfo(),
+    )
+
+
+def access_note(service: Service) -> str:
+    if service.settings.open:
+        return "Open service (--open): anyone may correct, enrol and delete, without a token."
+    anonymous = " Visitors without a token may suggest too." if service.settings.allow_anonymous_suggestions else ""
+    return ("Anyone may recognise photos. Contributors (token) suggest corrections and new landmarks, which an admin "
+            f"reviews; admins (token) enrol, approve, reject and delete.{anonymous}")
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+def page() -> str:
+    return (resources.files("landmarks") / "serve" / "static" / "index.html").read_text()
+
+
+@router.get("/health", response_model=HealthOut)
+def health(service: Service = Depends(get_service)) -> HealthOut:
+    settings = service.settings
+    return HealthOut(status="ok", open=settings.open, access=access_note(service), retention=settings.retention_note(),
+                     anonymous_suggestions=settings.allow_anonymous_suggestions,
+                     limits={"predict_per_minute": settings.predict_per_minute,
+                             "suggestions_per_hour": settings.suggestions_per_hour,
+                             "max_pending_per_client": settings.max_pending_per_client,
+                             "keep_uploads_hours": settings.keep_uploads_hours, "max_uploads": settings.max_uploads,
+                             "max_upload_mb": settings.max_upload_bytes / 2**20,
+                             "max_request_mb": settings.max_request_bytes / 2**20},
+                     **service.health())
+
+
+@router.get("/me", response_model=WhoAmIOut)
+def who_am_i(actor: Actor = Depends(get_actor)) -> WhoAmIOut:
+    """The role and name behind the request's token (the page's sign-in checks a pasted token with it)."""
+    return WhoAmIOut(role=actor.role, name=actor.name, token_id=actor.token_id)
+
+
+@router.post("/predict", response_model=PredictionOut)
+def predict(photo: UploadFile = File(...), top_k: int = Form(3),
+            latitude: float | None = Form(None, ge=-90, le=90, description="where the photo was taken (WGS84)"),
+            longitude: float | None = Form(None, ge=-180, le=180, description="with latitude"),
+            actor: Actor = Depends(get_actor), service: Service = Depends(get_service)) -> PredictionOut:
+    """Top landmarks of a photo. With latitude and longitude (or EXIF GPS in the photo), landmarks farther than
+    recognize.geo_radius_km lose confidence (landmarks.recognize.geo)."""
+    if (latitude is None) != (longitude is None):
+        raise ServiceError(422, "Give both latitude and longitude, or neither.")
+    location = Location(latitude, longitude) if latitude is not None else None
+    data = service.sizes.read(photo)
+    upload_id, prediction = service.predict(data, photo.filename or "the upload", actor, location)
+    return prediction_out(upload_id, prediction, max(1, min(top_k, 10)),
+                          service.recognizer.info_of(prediction.landmark_id))
+
+
+@router.post("/feedback", response_model=FeedbackOut)
+def feedback(body: FeedbackIn, actor: Actor = Depends(get_actor), service: Service = Depends(get_service)) -> FeedbackOut:
+    """An admin's correction applies at once; a contributor's becomes a suggestion for review."""
+    return FeedbackOut(**service.feedback(body.upload_id, body.landmark_id, body.add_to_index, actor))
+
+
+@router.get("/landmarks", response_model=list[LandmarkOut])
+def landmarks(service: Service = Depends(get_service)) -> list[LandmarkOut]:
+    return [LandmarkOut(landmark_id=i, name=n, references=c, enrolled=e, info=LandmarkInfo(**service.recognizer.info_of(i)))
+            for i, n, c, e in service.landmarks()]
+
+
+@router.post("/landmarks", response_model=EnrolOut)
+def enrol(name: str = Form(..., min_length=1, max_length=200), photos: list[UploadFile] = File(...),
+          actor: Actor = Depends(get_actor), service: Service = Depends(get_service)) -> EnrolOut:
+    """A new landmark from a few photos (admins: recognised from the next request on; others: suggestions)."""
+    service.may_suggest(actor)
+    service.check_photo_count(len(photos))
+    read = [(upload.filename or "a photo", service.sizes.read(upload, upload.filename or "a photo")) for upload in photos]
+    return EnrolOut(**service.enrol(name, read, actor))
+
+
+@router.delete("/landmarks/{landmark_id}", response_model=DeletedLandmarkOut)
+def delete_landmark(landmark_id: int, actor: Actor = Depends(require_admin),
+                    service: Service = Depends(get_service)) -> DeletedLandmarkOut:
+    """An enrolled landmark and its photos: unknown at once and after a restart."""
+    return DeletedLandmarkOut(**service.delete_landmark(landmark_id, actor))
+
+
+@router.get("/landmarks/{landmark_id}/references", response_model=list[ReferenceOut])
+def references(landmark_id: int, actor: Actor = Depends(require_admin),
+               service: Service = Depends(get_service)) -> list[ReferenceOut]:
+    return [ReferenceOut(image_id=i, source=s) for i, s in service.references_of(landmark_id)]
+
+
+@router.delete("/references/{image_id}", response_model=RemovedOut)
+def delete_reference(image_id: str, landmark_id: int | None = Query(None, description="only this landmark's reference"),
+                     actor: Actor = Depends(require_admin), service: Service = Depends(get_service)) -> RemovedOut:
+    """One photo out of the references, trained or added; it stays removed after a restart."""
+    return RemovedOut(**service.delete_reference(image_id, landmark_id, actor))
+
+
+@router.put("/references/{image_id}", response_model=RemovedOut)
+def move_reference(image_id: str, body: MoveIn, actor: Actor = Depends(require_admin),
+                   service: Service = Depends(get_service)) -> RemovedOut:
+    """A reference photo moved to another landmark: no longer a reference of the one it was."""
+    return RemovedOut(**service.move_reference(image_id, body.landmark_id, actor))

@@ -1,0 +1,162 @@
+"""Calibration samples from a probe Recognizer: hidden landmarks, self left out, non-landmark photos, the threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from landmarks.config import RecognizeConfig
+from landmarks.evaluate.calibrate import (
+    HELD_OUT,
+    HIDDEN,
+    NON_LANDMARK_PHOTO,
+    CalibrationSamples,
+    calibrate,
+    gather_samples,
+    probe_recognizer,
+)
+from landmarks.recognize.calibration import FEATURES
+from landmarks.recognize.index import EmbeddingIndex
+from landmarks.recognize.recognizer import Recognizer
+
+
+class FixedEmbedder:
+    input_size_px = 8
+
+    def __call__(self, images):
+        raise AssertionError("not used")
+
+
+def unit(*values: float) -> np.ndarray:
+    v = np.array(values, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+REFERENCES = np.stack([unit(1, 0, 0), unit(0.9, 0.1, 0), unit(0, 1, 0), unit(0.1, 0.9, 0), unit(0, 0, 1)])
+IDS = ["a1", "a2", "b1", "b2", "none1"]
+LABELS = np.array([10, 10, 20, 20, -1])
+
+
+def recognizer() -> Recognizer:
+    config = RecognizeConfig(knn_k=3, knn_weight=0.5, top_k=3, show_neighbours=3, classifier_score="softmax")
+    index = EmbeddingIndex.build(REFERENCES, IDS, LABELS, "flat")
+    return Recognizer(FixedEmbedder(), np.array([10, 20]), {10: "tower", 20: "bridge"}, index, config)
+
+
+def test_hidden_landmark_leaves_its_photos_and_classifier_column_out():
+    probe = probe_recognizer(recognizer(), REFERENCES, IDS, LABELS)
+    query = unit(1, 0.05, 0)[None]
+    logits = np.log(np.array([[0.9, 0.1]], dtype=np.float32))
+    [seen] = probe.ask(query, logits)
+    assert seen.landmark_id == 10
+    [hidden] = probe.ask(query, logits, hidden=np.array([10]))
+    assert hidden.landmark_id == 20
+    assert all(n.landmark_id != 10 for n in hidden.neighbours)
+    # by hand: kNN of the bridge = its nearest photo b2; the classifier renormalised without the tower = 1.0
+    assert hidden.confidence == pytest.approx(0.5 * float(query[0] @ unit(0.1, 0.9, 0)) + 0.5 * 1.0, abs=1e-5)
+    assert probe.hidden is None  # nothing stays hidden for the next question
+    [again] = probe.ask(query, logits)
+    assert again.landmark_id == 10
+
+
+def test_a_reference_photo_asked_about_itself_is_left_out_of_its_search():
+    probe = probe_recognizer(recognizer(), REFERENCES, IDS, LABELS)
+    [answer] = probe.ask(REFERENCES[:1], np.zeros((1, 2), np.float32), excluded=np.array([0]))
+    assert [n.image_id for n in answer.neighbours][:1] == ["a2"]
+    assert "a1" not in [n.image_id for n in answer.neighbours]
+
+
+def test_gather_samples_by_hand():
+    probe = probe_recognizer(recognizer(), REFERENCES, IDS, LABELS)
+    queries = (np.stack([unit(1, 0.05, 0), unit(0.05, 1, 0), unit(1, 0.2, 0)]),
+               np.log(np.array([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7]], dtype=np.float32)), np.array([10, 20, 20]))
+    negatives = (np.stack([unit(0.1, 0, 1)]), np.zeros((1, 2), np.float32))
+    samples = gather_samples(probe, queries, negatives)
+    assert samples.counts() == {HELD_OUT: 3, HIDDEN: 3, NON_LANDMARK_PHOTO: 1}
+    assert samples.correct.tolist() == [True, True, False, False, False, False, False]
+    assert samples.is_landmark.tolist() == [True] * 3 + [False] * 4
+    assert samples.features.shape == (7, len(FEATURES))
+    # the non-landmark photo's nearest reference is the non-landmark photo: feature 3 is their similarity
+    assert samples.features[6, 3] == pytest.approx(float(unit(0.1, 0, 1) @ unit(0, 0, 1)), abs=1e-5)
+
+
+def test_calibrate_chooses_the_threshold_and_records_what_it_saw():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2])
+    correct = np.array([1, 1, 1, 1, 0, 0, 0, 0], bool)
+    features = np.zeros((8, len(FEATURES)))
+    features[:, 0] = scores
+    source = np.array([HELD_OUT] * 5 + [HIDDEN] * 2 + [NON_LANDMARK_PHOTO], dtype=object)
+    samples = CalibrationSamples(features, correct, source == HELD_OUT, source)
+    calibration = calibrate(samples, "platt", target_precision=1.0)
+    # precision 1.0 holds down to score 0.6 (4 right of 4): the threshold is that score's calibrated value
+    assert calibration.threshold == pytest.approx(float(calibration.map_scores([0.6])[0]))
+    assert calibration.fitted_on == {HELD_OUT: 5, HIDDEN: 2, NON_LANDMARK_PHOTO: 1}
+    assert calibration.measured["precision_of_known_answers"] == 1.0
+    assert calibration.measured["coverage"] == pytest.approx(4 / 5)
+    assert calibration.measured["non_landmark_photos_named"] == 0.0
+    as_before = calibrate(samples, "none", None, 0.3)
+    assert as_before.threshold == 0.3 and as_before.method == "none"
+
+
+def test_a_trained_run_is_calibrated_and_its_recognizer_uses_it(tiny_run_dir):
+    from landmarks.config import load_run_config
+    from landmarks.recognize.calibration import Calibration
+
+    calibration = Calibration.load(tiny_run_dir)
+    assert calibration is not None and calibration.method in ("platt", "none")
+    assert calibration.fitted_on[HELD_OUT] == calibration.fitted_on[HIDDEN] > 0
+    assert load_run_config(tiny_run_dir).recognize.min_confidence == pytest.approx(calibration.threshold, abs=1e-6)
+    for plot in ("reliability.png", "precision_coverage.png"):
+        assert (tiny_run_dir / "plots" / plot).stat().st_size > 10_000
+    loaded = Recognizer.load(tiny_run_dir, backend="torch")
+    assert loaded.calibration == calibration
+
+
+def test_training_with_a_non_landmark_bank_splits_it_into_references_and_negatives(tmp_path):
+    from conftest import build_tiny_gldv2, make_photo
+
+    from landmarks.config import load_config
+    from landmarks.recognize.calibration import Calibration, split_non_landmark_bank
+    from landmarks.train.run import train
+
+    data = build_tiny_gldv2(tmp_path / "gld")
+    bank = tmp_path / "bank"
+    for i in range(10):
+        make_photo(bank / "kitchen" / f"{i}.jpg", (90 + 10 * i, 128, 128 - 5 * i), seed=300 + i)
+    overrides = ["data.image_size_px=32", "train.epochs=1", "train.batch_size=16", "train.workers=0",
+                 f"data.cache_dir={tmp_path / 'cache'}", f"data.non_landmarks={bank}"]
+    run = train(load_config("seed-cnn", overrides), data, tmp_path / "run")
+    references, negatives = split_non_landmark_bank(sorted(bank.rglob("*.jpg")), seed=42)
+    assert references and negatives
+    loaded = Recognizer.load(run, backend="torch")
+    in_index = {i for i, l in zip(loaded.index.image_ids, loaded.index.landmark_ids_at(range(len(loaded.index))))
+                if l == -1}
+    assert in_index == {f"non-landmark:{p.name}" for p in references}
+    assert Calibration.load(run).fitted_on[NON_LANDMARK_PHOTO] == len(negatives)
+
+
+def test_an_arcface_run_is_calibrated_by_a_model_that_never_saw_some_landmarks(tmp_path):
+    from conftest import build_tiny_gldv2, make_photo
+
+    from landmarks.config import load_config
+    from landmarks.recognize.calibration import Calibration
+    from landmarks.train.run import train
+
+    data = build_tiny_gldv2(tmp_path / "gld")
+    bank = tmp_path / "bank"
+    for i in range(8):
+        make_photo(bank / f"{i}.jpg", (90 + 10 * i, 128, 128 - 5 * i), seed=500 + i)
+    overrides = ["model.backbone=test_efficientnet", "model.pretrained=none", "model.embedding_dim=16",
+                 "data.image_size_px=32", "train.epochs=2", "train.batch_size=8", "train.workers=0",
+                 "train.max_minutes=none", "data.val_fraction=0.25", f"data.cache_dir={tmp_path / 'cache'}",
+                 f"data.non_landmarks={bank}"]
+    run = train(load_config("glr", overrides), data, tmp_path / "run")
+    calibration = Calibration.load(run)
+    assert "calibration model" in calibration.fitted_on["queries"]
+    # 4 landmarks, one hidden from the calibration model: its answers on the 9 validation photos of the 3 it knows,
+    # as many photos of the hidden one, and the bank's negatives
+    assert calibration.fitted_on[HELD_OUT] == calibration.fitted_on[HIDDEN] == 9
+    assert calibration.fitted_on[NON_LANDMARK_PHOTO] > 0
+    assert (run / "plots" / "reliability.png").exists() and (run / "plots" / "precision_coverage.png").exists()
+    predictions, _ = Recognizer.load(run, backend="torch").predict_paths(sorted((data / "test").rglob("*.jpg")))
+    assert all(0.0 <= p.confidence <= 1.0 for p in predictions)
