@@ -25,7 +25,6 @@ from landmarks.errors import DataError
 from landmarks.evaluate.metrics import accuracy, global_average_precision
 from landmarks.models.registry import load_model
 from landmarks.recognize.embed import EMBEDDING, INPUT, LOGITS, OnnxEmbedder, TorchEmbedder
-from landmarks.recognize.index import EmbeddingIndex
 from landmarks.recognize.recognizer import Recognizer
 from landmarks.utils import atomic_path
 
@@ -154,17 +153,11 @@ def _sample_photos(run_dir: Path, split: str, limit: int | None) -> tuple[list[s
 
 
 def _recognizer_without(run_dir: Path, image_ids: list[str]) -> Recognizer:
-    """The run's Recognizer (PyTorch) whose index leaves out these photos, so that none of them finds itself.
-
-    Only a flat index can hand its vectors back; an IVF index is kept whole (its figures are then optimistic).
-    """
-    recognizer = Recognizer.load(run_dir, backend="torch")
-    index = recognizer.index
-    if index is not None and index.index_type == "flat":
+    """The run's trained Recognizer (PyTorch) whose index leaves out these photos, so that none of them finds itself."""
+    recognizer = Recognizer.load(run_dir, backend="torch", trained_only=True)
+    if recognizer.index is not None:
         excluded = set(image_ids)
-        keep = np.array([i for i, image_id in enumerate(index.image_ids) if image_id not in excluded], dtype=np.int64)
-        recognizer.index = EmbeddingIndex.build(index.index.reconstruct_batch(keep), [index.image_ids[i] for i in keep],
-                                                index.landmark_ids[keep], "flat")
+        recognizer.index.remove([i for i, image_id in enumerate(recognizer.index.image_ids) if image_id in excluded])
     return recognizer
 
 
@@ -205,10 +198,13 @@ def export_run(run_dir: Path, quantize: str | None = None, check_photos: int = 3
         report["model.int8.onnx"] = f"{int8_path} ({int8_path.stat().st_size / 1e6:.2f} MB)"
         report["calibration_photos"] = len(calibration)
         paths, truth, image_ids = _sample_photos(run_dir, "val", None)
+        report["validation_photos"] = len(paths)
+        if not paths:
+            report["int8 check"] = "skipped: the run has no validation split to compare fp32 and int8 on"
+            return report
         recognizer = _recognizer_without(run_dir, image_ids)
         fp32 = _split_metrics(recognizer, onnx_path, paths, truth)
         int8 = _split_metrics(recognizer, int8_path, paths, truth)
-        report["validation_photos"] = len(paths)
         report["fp32 accuracy / GAP"] = f"{fp32['accuracy']:.4f} / {fp32['gap']:.4f}"
         report["int8 accuracy / GAP"] = f"{int8['accuracy']:.4f} / {int8['gap']:.4f}"
         report["int8 change accuracy / GAP"] = f"{int8['accuracy'] - fp32['accuracy']:+.4f} / {int8['gap'] - fp32['gap']:+.4f}"

@@ -86,22 +86,21 @@ class Trainer:
         labels = self.data.frame["class_index"].to_numpy()[indices]
         transform = build_train_transform(cfg.augment, cfg.data.image_size_px) if train else None
         dataset = CachedImageDataset(self.data.cache, indices, labels, transform)
-        sampler = None
+        sampler: torch.utils.data.Sampler
         if train and cfg.train.oversample:
             sampler = class_balanced_sampler(labels, seed=cfg.train.seed)
-        elif distributed.world_size() > 1:
-            sampler = torch.utils.data.distributed.DistributedSampler(dataset, shuffle=train, seed=cfg.train.seed)
+        else:  # one permutation per epoch, whatever the number of processes: rank r of N takes every N-th photo of it
+            sampler = torch.utils.data.distributed.DistributedSampler(
+                dataset, num_replicas=distributed.world_size(), rank=distributed.rank(), shuffle=train, seed=cfg.train.seed)
             sampler.set_epoch(len(self.history))
-        generator = torch.Generator().manual_seed(cfg.train.seed + len(self.history))
         return DataLoader(
             dataset,
             batch_size=cfg.train.batch_size,
-            shuffle=train and sampler is None,
             sampler=sampler,
             num_workers=cfg.train.workers,
             persistent_workers=False,
-            generator=generator,
-            drop_last=train and _last_batch_of_one(len(sampler) if sampler is not None else len(dataset), cfg.train.batch_size),
+            generator=torch.Generator().manual_seed(cfg.train.seed + len(self.history)),  # augmentation's randomness
+            drop_last=train and _last_batch_of_one(len(sampler), cfg.train.batch_size),
         )
 
     def _features_of(self, split: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
