@@ -6,7 +6,9 @@ Figures come from the page's ``window.liveStats``: frame latency is capture -> a
 over the prototypes and the smoothing), frames/s counts answers over ``--seconds`` after a warm-up; load time is
 navigation -> model ready, first with an empty cache and then from the service worker's cache.
 
-    LANDMARKS_DATA=../shared/data/landmarks-mini python benchmarks/bench_live.py --run runs/live [--write]
+    landmarks train --data $LANDMARKS_DATA --config baseline-knn --out runs/live-knn-cal
+    landmarks export runs/live-knn-cal --quantize int8
+    LANDMARKS_DATA=../shared/data/landmarks-mini python benchmarks/bench_live.py --run runs/live-knn-cal [--write]
 """
 
 from __future__ import annotations
@@ -96,7 +98,9 @@ def main() -> None:
                "bundle_mb": report["size_mb (with wasm)"], "model": manifest["model"]["source"],
                "model_mb": manifest["model"]["size_bytes"] / 1e6, "prototypes": manifest["prototypes"]["count"]}
     print(json.dumps(figures, indent=1))
-    body = (f"`LANDMARKS_DATA=../shared/data/landmarks-mini python benchmarks/bench_live.py --run {args.run} --write`\n\n"
+    body = (f"`LANDMARKS_DATA=../shared/data/landmarks-mini python benchmarks/bench_live.py --run {args.run} --write` "
+            f"(the run: `landmarks train --data $LANDMARKS_DATA --config baseline-knn --out {args.run}`, then "
+            f"`landmarks export {args.run} --quantize int8`)\n\n"
             f"Headless Chromium ({os.cpu_count()} cores shared with the server), fake camera playing 30 test photos of "
             f"landmarks-mini; `/live` of run `{Path(args.run).name}`: {figures['model']} "
             f"({figures['model_mb']:.1f} MB, {manifest['model']['input_size_px']} px), {figures['prototypes']} "

@@ -32,9 +32,12 @@ def test_glr_on_landmarks_mini_end_to_end(landmarks_data: Path, tmp_path: Path, 
     assert json.loads((run / "model.json").read_text())["embedding_dim"] == 512
     assert len(pd.read_csv(run / "history.csv")) == 3
     assert len(pd.read_csv(run / "index" / "references.csv")) > 1200
-    for plot in ("curves.png", "augmentations.png", "predictions.png"):
+    for plot in ("curves.png", "augmentations.png", "predictions.png", "reliability.png", "precision_coverage.png"):
         with Image.open(run / "plots" / plot) as image:
             assert image.size[0] > 300
+    calibration = json.loads((run / "calibration.json").read_text())
+    assert "calibration model" in calibration["fitted_on"]["queries"]
+    assert config["recognize"]["min_confidence"] == pytest.approx(calibration["threshold"], abs=1e-6)
     held_out = json.loads((run / "metrics.json").read_text())
     assert held_out["accuracy"] > 3 / 41  # well above chance (1/41)
 

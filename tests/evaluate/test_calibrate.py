@@ -153,9 +153,9 @@ def test_an_arcface_run_is_calibrated_by_a_model_that_never_saw_some_landmarks(t
     run = train(load_config("glr", overrides), data, tmp_path / "run")
     calibration = Calibration.load(run)
     assert "calibration model" in calibration.fitted_on["queries"]
-    # 4 landmarks, one hidden from the calibration model: its answers on the 9 validation photos of the 3 it knows,
-    # as many photos of the hidden one, and the bank's negatives
-    assert calibration.fitted_on[HELD_OUT] == calibration.fitted_on[HIDDEN] == 9
+    # 4 landmarks, one hidden from each of the 6 calibration models: each answers about the 9 validation photos
+    # of the 3 landmarks it knows, as many photos of the hidden one, and the bank's negatives
+    assert calibration.fitted_on[HELD_OUT] == calibration.fitted_on[HIDDEN] == 6 * 9
     assert calibration.fitted_on[NON_LANDMARK_PHOTO] > 0
     assert (run / "plots" / "reliability.png").exists() and (run / "plots" / "precision_coverage.png").exists()
     predictions, _ = Recognizer.load(run, backend="torch").predict_paths(sorted((data / "test").rglob("*.jpg")))

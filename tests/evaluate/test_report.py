@@ -336,7 +336,9 @@ def test_write_submission_rows_are_the_recognizer_predictions(tiny_run_dir: Path
         [prediction], _ = recognizer.predict_paths([tiny_gldv2 / "test" / image_id[0] / image_id[1] / image_id[2] /
                                                     f"{image_id}.jpg"])
         assert prediction is not None
-        assert value == f"{prediction.landmark_id} {prediction.confidence:.6f}"
+        landmark_id, confidence = value.split()
+        # a photo embedded alone or in a batch may differ in the last float digits (CPU kernels differ by batch size)
+        assert int(landmark_id) == prediction.landmark_id and float(confidence) == pytest.approx(prediction.confidence, abs=1e-5)
         assert prediction.landmark_id in (7, 55, 300, 1042)
 
 

@@ -26,6 +26,7 @@ from landmarks.export.web import (
 from landmarks.models.registry import load_model
 from landmarks.recognize.calibration import FEATURES, Calibration
 from landmarks.recognize.embed import embed_paths
+from landmarks.recognize.geo import Location, geo_factor, haversine_km
 from landmarks.recognize.index import EmbeddingIndex
 from landmarks.recognize.recognizer import Recognizer
 from landmarks.train.run import train
@@ -243,3 +244,28 @@ def test_cli_export_web_writes_the_bundle(tiny_run_dir: Path, tmp_path: Path, ca
     assert "size_mb (no wasm)" in capsys.readouterr().out
     assert main(["export", str(run), "--web", str(tmp_path / "web2"), "--prototypes", "0"]) == 2
     assert "prototypes" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_page_geo_rule_and_smoothing_match_python(tmp_path: Path):
+    """scoring.js: the distance and the geo factor of landmarks.recognize.geo, and the smoothing over frames."""
+    places = [(28.5245, 77.1855, 27.1751, 78.0421), (48.8566, 2.3522, 51.5074, -0.1278), (-33.86, 151.21, 40.69, -74.04)]
+    script = tmp_path / "geo.mjs"
+    script.write_text(f"""
+        import {{ haversineKm, geoFactor, Smoother }} from "{(page_dir() / 'scoring.js').as_uri()}";
+        const places = {json.dumps(places)};
+        const smoother = new Smoother(3);
+        for (const scores of [[[1, 0.9], [2, 0.1]], [[2, 0.8]], [[2, 0.7], [1, 0.3]], [[2, 0.6]]]) {{
+          smoother.push({{ candidates: scores.map(([landmark_id, score]) => ({{ landmark_id, score }})) }});
+        }}
+        console.log(JSON.stringify({{
+          km: places.map((p) => haversineKm(...p)),
+          factors: [10, 50, 100, 550].map((d) => geoFactor(d, 50)).concat([geoFactor(5000, 0)]),
+          smoothed: smoother.current(0.5), empty: new Smoother(3).current(0.5),
+        }}));
+    """)
+    out = json.loads(subprocess.run([NODE, str(script)], capture_output=True, text=True, check=True).stdout)
+    assert out["km"] == pytest.approx([haversine_km(Location(a, b), Location(c, d)) for a, b, c, d in places], abs=1e-6)
+    assert out["factors"] == pytest.approx([geo_factor(d, 50) for d in (10, 50, 100, 550)] + [1.0])
+    assert out["smoothed"]["landmark_id"] == 2 and out["smoothed"]["confidence"] == pytest.approx((0.8 + 0.7 + 0.6) / 3)
+    assert out["smoothed"]["known"] and not out["empty"]["known"]

@@ -170,7 +170,7 @@ def landmark_records(recognizer: Recognizer) -> list[dict[str, object]]:
 def threshold_of(recognizer: Recognizer) -> tuple[float, str]:
     """The "no known landmark" threshold the Recognizer applies (``recognize.min_confidence``, which training sets
     to the calibrated threshold when the run is calibrated) and where it comes from."""
-    calibrated = getattr(recognizer, "calibration", None) is not None
+    calibrated = recognizer.calibration is not None
     return float(recognizer.config.min_confidence), "calibration.json" if calibrated else "recognize.min_confidence"
 
 
@@ -180,7 +180,7 @@ def scoring_rule(recognizer: Recognizer) -> dict[str, object]:
     mode = cfg.classifier_score
     classifier = "cosine" if mode == "cosine" or (mode == "auto" and recognizer.logit_scale) else "softmax"
     threshold, source = threshold_of(recognizer)
-    calibration = getattr(recognizer, "calibration", None)
+    calibration = recognizer.calibration
     return {
         "knn_k": int(cfg.knn_k), "knn_weight": float(cfg.knn_weight), "top_k": int(cfg.top_k),
         "show_neighbours": int(cfg.show_neighbours),
