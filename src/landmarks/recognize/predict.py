@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import IO, Sequence
 
+from landmarks.data.catalog import NO_LANDMARK_NAME
 from landmarks.recognize.embed import decode_batches
 from landmarks.recognize.geo import read_exif_location
 from landmarks.recognize.recognizer import Prediction, Recognizer
@@ -19,7 +20,7 @@ def _row(path: Path, prediction: Prediction, top_k: int, info: dict) -> dict:
     return {
         "path": str(path),
         "landmark_id": prediction.landmark_id if prediction.known else -1,
-        "name": prediction.name if prediction.known else "(no known landmark)",
+        "name": prediction.name if prediction.known else NO_LANDMARK_NAME,
         "confidence": round(prediction.confidence, 4),
         "top": [{"landmark_id": c.landmark_id, "name": c.name, "score": round(c.score, 4)} for c in prediction.candidates[:top_k]],
         "neighbours": [n.image_id for n in prediction.neighbours],
@@ -42,6 +43,10 @@ def predict_to_stream(
     recognizer = Recognizer.load(run_dir, backend=backend, trained_only=trained_only)
     handle: IO[str] = open(out, "w", newline="") if out else sys.stdout
     fmt = "csv" if out and out.suffix == ".csv" else "json" if (as_json or out) else "text"
+    if fmt == "text":
+        meaning = "the estimated chance that the answer is right" if recognizer.calibration else "the fused score"
+        print(f"confidence: {meaning}; below {recognizer.config.min_confidence:.2f} the answer is "
+              f"\"{NO_LANDMARK_NAME}\"", file=sys.stderr)
     writer = csv.writer(handle) if fmt == "csv" else None
     if writer:
         writer.writerow(["path", "landmark_id", "name", "confidence", "top"])

@@ -76,6 +76,8 @@ class HealthOut(BaseModel):
     open: bool = Field(description="true: anyone may change the references (started with --open)")
     access: str = Field(description="who may change what, in words")
     retention: str = Field(description="what is kept and for how long, in words")
+    min_confidence: float = Field(description="answers below this confidence are 'no known landmark'")
+    confidence: str = Field(description="what a confidence means for this run, in words")
     landmarks: int
     references: int
     feedback: int

@@ -9,7 +9,7 @@ from fastapi.responses import HTMLResponse
 
 from landmarks.data.catalog import NO_LANDMARK, NO_LANDMARK_NAME
 from landmarks.recognize.geo import Location
-from landmarks.recognize.recognizer import Prediction
+from landmarks.recognize.recognizer import Prediction, Recognizer
 from landmarks.serve.deps import get_actor, get_service, require_admin
 from landmarks.serve.schemas import (
     CandidateOut, DeletedLandmarkOut, EnrolOut, FeedbackIn, FeedbackOut, HealthOut, LandmarkInfo, LandmarkOut, MoveIn,
@@ -21,17 +21,29 @@ from landmarks.serve.settings import ServiceError
 router = APIRouter()
 
 
-def prediction_out(upload_id: str, prediction: Prediction, top_k: int, info: dict | None = None) -> PredictionOut:
-    message = (f"{prediction.name} ({prediction.confidence:.0%})" if prediction.known
-               else "No known landmark: the best guess is too uncertain.")
+def prediction_out(upload_id: str, prediction: Prediction, top_k: int, min_confidence: float,
+                   info: dict | None = None) -> PredictionOut:
+    message = (f"{prediction.name}: {prediction.confidence:.0%} likely to be right." if prediction.known
+               else f"No known landmark: the best guess, {prediction.name}, is {prediction.confidence:.0%} likely to be "
+                    f"right, and this service names a landmark from {min_confidence:.0%}.")
     return PredictionOut(
         upload_id=upload_id, known=prediction.known,
         landmark_id=prediction.landmark_id if prediction.known else NO_LANDMARK,
-        name=prediction.name if prediction.known else f"({NO_LANDMARK_NAME})", confidence=prediction.confidence,
+        name=prediction.name if prediction.known else NO_LANDMARK_NAME, confidence=prediction.confidence,
         candidates=[CandidateOut(**c.__dict__) for c in prediction.candidates[:top_k]],
         neighbours=[NeighbourOut(**n.__dict__) for n in prediction.neighbours], message=message,
         info=LandmarkInfo(**(info or {})) if prediction.known else LandmarkInfo(),
     )
+
+
+def confidence_note(recognizer: Recognizer) -> str:
+    """What a confidence means for this run, in words (the page shows it)."""
+    threshold = f"Below {recognizer.config.min_confidence:.0%} the answer is \"no known landmark\"."
+    if recognizer.calibration is None:
+        return f"Confidence is the fused kNN and classifier score (this run is not calibrated). {threshold}"
+    return (f"Confidence is the estimated chance that the answer is right, calibrated after training on photos the "
+            f"model never learned from. {threshold} The threshold was chosen so that about "
+            f"{recognizer.config.target_precision:.0%} of the named landmarks are right.")
 
 
 def access_note(service: Service) -> str:
@@ -51,6 +63,8 @@ def page() -> str:
 def health(service: Service = Depends(get_service)) -> HealthOut:
     settings = service.settings
     return HealthOut(status="ok", open=settings.open, access=access_note(service), retention=settings.retention_note(),
+                     min_confidence=service.recognizer.config.min_confidence,
+                     confidence=confidence_note(service.recognizer),
                      anonymous_suggestions=settings.allow_anonymous_suggestions,
                      limits={"predict_per_minute": settings.predict_per_minute,
                              "suggestions_per_hour": settings.suggestions_per_hour,
@@ -79,7 +93,7 @@ def predict(photo: UploadFile = File(...), top_k: int = Form(3),
     location = Location(latitude, longitude) if latitude is not None else None
     data = service.sizes.read(photo)
     upload_id, prediction = service.predict(data, photo.filename or "the upload", actor, location)
-    return prediction_out(upload_id, prediction, max(1, min(top_k, 10)),
+    return prediction_out(upload_id, prediction, max(1, min(top_k, 10)), service.recognizer.config.min_confidence,
                           service.recognizer.info_of(prediction.landmark_id))
 
 
