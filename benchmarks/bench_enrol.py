@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import data_dir, write_section  # noqa: E402
+from common import answers, data_dir, write_section  # noqa: E402
 
 import numpy as np  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
@@ -31,15 +31,6 @@ from landmarks.serve.settings import Settings  # noqa: E402
 from landmarks.train.run import train  # noqa: E402
 
 TITLE = "Teaching new landmarks through the web service (bench_enrol.py, {preset})"
-
-
-def answers(client: TestClient, paths: list[str]) -> list[dict]:
-    out = []
-    for path in paths:
-        response = client.post("/predict", files={"photo": (Path(path).name, Path(path).read_bytes(), "image/jpeg")})
-        response.raise_for_status()
-        out.append(response.json())
-    return out
 
 
 def summary(results: list[dict], truth: str) -> tuple[float, float, float]:

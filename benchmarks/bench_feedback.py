@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import data_dir, write_section  # noqa: E402
+from common import answers, data_dir, write_section  # noqa: E402
 
 import numpy as np  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
@@ -38,15 +38,6 @@ from landmarks.train.run import train  # noqa: E402
 
 TITLE = "From feedback to a better model: review, export, retrain (bench_feedback.py, {preset})"
 UNLIMITED = Settings(predict_per_minute=0, suggestions_per_hour=0, max_pending_per_client=0)
-
-
-def answers(client: TestClient, paths: list[str]) -> list[dict]:
-    out = []
-    for path in paths:
-        response = client.post("/predict", files={"photo": (Path(path).name, Path(path).read_bytes(), "image/jpeg")})
-        response.raise_for_status()
-        out.append(response.json())
-    return out
 
 
 def scores(results: list[dict], truth: str) -> tuple[float, float]:

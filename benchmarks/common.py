@@ -10,6 +10,10 @@ import re
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
 
 RESULTS = Path(__file__).parent / "RESULTS.md"
 
@@ -65,3 +69,13 @@ def preset_run_setup(args: argparse.Namespace, prefix: str) -> tuple[Path, dict[
         overrides.setdefault(preset, []).extend(items)
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix=prefix))
     return data_dir(), overrides, root
+
+
+def answers(client: "TestClient", paths: list[str]) -> list[dict]:
+    """``POST /predict`` of each photo through a FastAPI test client: the JSON answers, in order."""
+    out = []
+    for path in paths:
+        response = client.post("/predict", files={"photo": (Path(path).name, Path(path).read_bytes(), "image/jpeg")})
+        response.raise_for_status()
+        out.append(response.json())
+    return out

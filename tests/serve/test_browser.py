@@ -6,16 +6,15 @@ from __future__ import annotations
 import base64
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from landmarks.serve.admin import create_token
+from landmarks.serve.app import create_app
 from serve.test_app import bearer, jpeg, photo_files
+from tests_helpers import running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")]
@@ -25,27 +24,11 @@ FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "-
 
 @pytest.fixture
 def server(tiny_run_dir: Path, tmp_path: Path):
-    import uvicorn
-
-    from landmarks.serve.app import create_app
-
     run = tmp_path / "run"
     shutil.copytree(tiny_run_dir, run)
     tokens = {"admin": create_token(run, "admin", "Ada")[1], "contributor": create_token(run, "contributor", "Cy")[1]}
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(run, backend="torch"), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(200):
-        if server.started or not thread.is_alive():
-            break
-        time.sleep(0.05)
-    assert server.started, "the test server did not start"
-    yield f"http://127.0.0.1:{port}", tokens
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running_server(create_app(run, backend="torch")) as url:
+        yield url, tokens
 
 
 def screenshot(page, tmp_path: Path, name: str) -> None:
@@ -148,7 +131,8 @@ def test_an_admin_approves_a_contributors_suggestion_on_the_page(server: tuple[s
         page.locator("#suggestions-table tbody tr[data-suggestion-id] button.reject").click()
         page.wait_for_function("document.getElementById('review-status').textContent.startsWith('Rejected')")
         assert "Purple Palace" in page.text_content("#landmark-list")
-        assert "approve" in page.text_content("#audit-table") and "reject" in page.text_content("#audit-table")
+        page.wait_for_function("document.getElementById('audit-table').textContent.includes('reject')")  # refreshed after
+        assert "approve" in page.text_content("#audit-table")
         page.set_input_files("#file", str(query))
         page.wait_for_function("document.querySelector('#bars .bar .label span')?.textContent === 'Purple Palace'")
         screenshot(page, tmp_path, "approved.png")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -26,7 +24,9 @@ from landmarks.export.onnx import export_onnx, quantize_int8
 from landmarks.export.web import recognizer_prototypes, runtime_dir, with_prototypes, write_y4m
 from landmarks.models.registry import load_model
 from landmarks.recognize.recognizer import Recognizer
+from landmarks.serve.app import create_app
 from landmarks.train.run import train
+from tests_helpers import running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
@@ -64,24 +64,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(run_dir: Path):
-    import uvicorn
-
-    from landmarks.serve.app import create_app
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(run_dir), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    for _ in range(400):
-        if server.started or not thread.is_alive():
-            break
-        time.sleep(0.05)
-    assert server.started, "the test server did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running_server(create_app(run_dir)) as url:
+        yield url
 
 
 def best_recognised_landmark(run_dir: Path, data: Path) -> tuple[int, str, list[str]]:
