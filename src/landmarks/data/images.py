@@ -94,6 +94,24 @@ def decode_image_bytes(data: bytes, size_px: int, name: str = "the uploaded file
         raise ImageError(f"{name} is truncated or corrupt ({type(error).__name__}).") from None
 
 
+def without_metadata(data: bytes, name: str = "the uploaded file") -> bytes:
+    """The photo re-encoded without its metadata (EXIF with its GPS position, XMP, comments), turned upright first:
+    what the service keeps of a person's photo. A JPEG stays JPEG (quality 95); anything else becomes PNG."""
+    try:
+        with _open(io.BytesIO(data), name, UPLOAD_FORMATS) as image:
+            is_jpeg = image.format == "JPEG"
+            upright = ImageOps.exif_transpose(image)
+            if upright.mode not in ("RGB", "L") if is_jpeg else upright.mode not in ("RGB", "RGBA", "L", "LA", "P"):
+                upright = upright.convert("RGB")
+            out = io.BytesIO()
+            upright.save(out, "JPEG", quality=95) if is_jpeg else upright.save(out, "PNG")
+            return out.getvalue()
+    except ImageError:
+        raise
+    except Exception as error:  # noqa: BLE001 - as decode_image_bytes: a crafted file's errors become ImageError
+        raise ImageError(f"{name} is truncated or corrupt ({type(error).__name__}).") from None
+
+
 def default_cache_dir() -> Path:
     """``$LANDMARKS_CACHE``, else ``~/.cache/landmarks``."""
     value = os.environ.get("LANDMARKS_CACHE")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from landmarks.data.catalog import NO_LANDMARK
-from landmarks.data.images import decode_image_bytes
+from landmarks.data.images import decode_image_bytes, without_metadata
 from landmarks.errors import ImageError
 from landmarks.recognize.geo import Location, read_exif_location
 from landmarks.recognize.recognizer import Prediction, Recognizer
@@ -81,7 +81,8 @@ class Service:
         if not self.settings.keeps_uploads:
             return "", prediction
         upload = Upload(secrets.token_hex(8), time.time(), actor.client, image_id_of(data, PHOTO_PREFIX),
-                        prediction.landmark_id, prediction.name, prediction.confidence, embeddings[0], data)
+                        prediction.landmark_id, prediction.name, prediction.confidence, embeddings[0],
+                        without_metadata(data, filename))
         with self.store.transaction() as tx:
             tx.add_upload(upload)
             tx.purge_uploads(self.settings.keep_uploads_hours * 3600, self.settings.max_uploads)
@@ -124,7 +125,11 @@ class Service:
                                {"WWW-Authenticate": "Bearer"})
 
     def _may_add_suggestions(self, actor: Actor, count: int) -> None:
+        """The rate limit, then the pending cap: checked early (before any work) and again under ``changes``."""
         self.suggest_limit.take(actor.client)
+        self._check_pending_cap(actor, count)
+
+    def _check_pending_cap(self, actor: Actor, count: int) -> None:
         cap = self.settings.max_pending_per_client
         pending = self.store.pending_count(actor.client)
         if cap and pending + count > cap:
@@ -182,6 +187,8 @@ class Service:
         elif not admin:
             self.suggest_limit.take(actor.client)  # feedback that only records counts against the same limit
         with self.changes:
+            if not admin and add_to_index and landmark_id != NO_LANDMARK:
+                self._check_pending_cap(actor, 1)  # again, now that no other request of this client can add one
             with self.store.transaction() as tx:
                 added, moved_from, suggestion_id = False, [], None
                 if admin and add_to_index:
@@ -223,7 +230,7 @@ class Service:
                 skipped.append(f"{filename}: {error.detail}")
                 continue
             image_ids.append(image_id_of(data, PHOTO_PREFIX))
-            kept_photos.append(data)
+            kept_photos.append(without_metadata(data, filename))
         if not decoded:
             raise ServiceError(415, "None of the photos could be read: " + "; ".join(skipped))
         admin = actor.role == "admin"
@@ -237,6 +244,7 @@ class Service:
             existing = {n.lower(): i for i, n in self.recognizer.names.items()}
             known_id = existing.get(name.lower())
             if not admin:
+                self._check_pending_cap(actor, len(first))  # again, now that no other request can add one
                 with self.index_lock.read():  # what the model says of each photo, for the reviewer
                     said = [(p.landmark_id, p.name, p.confidence) for p in self.recognizer.score(embeddings, logits)]
                 with self.store.transaction() as tx:

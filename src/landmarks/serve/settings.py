@@ -45,7 +45,8 @@ class Settings(BaseModel):
         else:
             uploads = "A photo you check is not kept."
         return (f"{uploads} A photo you send as a correction or suggestion is kept with it until an admin rejects it "
-                "(then the photo is deleted) or, once approved, for as long as it is a reference photo.")
+                "(then the photo is deleted) or, once approved, for as long as it is a reference photo. Kept photos "
+                "are stored without their metadata (no EXIF, no GPS position).")
 
 
 class SizeLimits:
