@@ -7,7 +7,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from conftest import make_photo
+
+
+class FixedEmbedder:
+    """Stands in for a model where embeddings and logits are given directly (calling it is a test bug)."""
+
+    input_size_px = 8
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise AssertionError("not used: embeddings are given directly")
+
+
+def unit(*values: float) -> np.ndarray:
+    """The float32 unit vector along ``values``."""
+    vector = np.array(values, dtype=np.float32)
+    return vector / np.linalg.norm(vector)
 
 
 def photo(path: Path, colour: tuple[int, int, int] = (200, 100, 50), size: tuple[int, int] = (48, 40)) -> Path:

@@ -18,18 +18,7 @@ from landmarks.evaluate.calibrate import (
 from landmarks.recognize.calibration import FEATURES
 from landmarks.recognize.index import EmbeddingIndex
 from landmarks.recognize.recognizer import Recognizer
-
-
-class FixedEmbedder:
-    input_size_px = 8
-
-    def __call__(self, images):
-        raise AssertionError("not used")
-
-
-def unit(*values: float) -> np.ndarray:
-    v = np.array(values, dtype=np.float32)
-    return v / np.linalg.norm(v)
+from tests_helpers import FixedEmbedder, unit
 
 
 REFERENCES = np.stack([unit(1, 0, 0), unit(0.9, 0.1, 0), unit(0, 1, 0), unit(0.1, 0.9, 0), unit(0, 0, 1)])

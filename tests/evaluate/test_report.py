@@ -22,23 +22,10 @@ from landmarks.evaluate.report import calibrate_knn_weight, compute_metrics, eva
 from landmarks.models.registry import build_model, save_model
 from landmarks.recognize.index import EmbeddingIndex
 from landmarks.recognize.recognizer import Candidate, Prediction, Recognizer
+from tests_helpers import FixedEmbedder, unit
 
 HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
                    "train_seconds", "images_per_second", "backbone_frozen"]
-
-
-class FixedEmbedder:
-    """Stands in for a model where embeddings and logits are given directly."""
-
-    input_size_px = 8
-
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raise AssertionError("not used: embeddings are given directly")
-
-
-def unit(*values: float) -> np.ndarray:
-    vector = np.array(values, dtype=np.float32)
-    return vector / np.linalg.norm(vector)
 
 
 def assert_png(path: Path) -> None:

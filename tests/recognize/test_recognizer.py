@@ -11,20 +11,7 @@ from landmarks.config import RecognizeConfig
 from landmarks.data.images import decode_image
 from landmarks.recognize.index import EmbeddingIndex
 from landmarks.recognize.recognizer import Recognizer
-
-
-class FixedEmbedder:
-    """Embeddings and logits given directly (a stand-in for a model)."""
-
-    input_size_px = 8
-
-    def __call__(self, images):
-        raise AssertionError("not used")
-
-
-def unit(*values: float) -> np.ndarray:
-    v = np.array(values, dtype=np.float32)
-    return v / np.linalg.norm(v)
+from tests_helpers import FixedEmbedder, unit
 
 
 def make(knn_weight: float = 0.5, penalty: float = 1.0) -> Recognizer:

@@ -51,6 +51,7 @@ from typing import Any, Protocol, Sequence
 
 import numpy as np
 
+from landmarks.data.catalog import NO_LANDMARK
 from landmarks.errors import ConfigError, DataError
 from landmarks.utils import write_json
 
@@ -59,7 +60,6 @@ log = logging.getLogger(__name__)
 CALIBRATION_FILE = "calibration.json"
 METHODS = ("platt", "isotonic", "gate", "none")
 FEATURES = ("score", "margin", "agreement", "non_landmark_similarity", "knn_similarity")
-NON_LANDMARK = -1
 ISOTONIC_TILT = 1e-3  # weight of the score itself in the isotonic map, so that it is strictly increasing
 L2_PENALTY = 1e-2  # ridge on the logistic weights (not the bias): keeps the weights of a separable set finite
 NON_LANDMARK_REFERENCE_FRACTION = 0.5  # share of a non-landmark bank that becomes references (-1), the rest negatives
@@ -93,7 +93,7 @@ def prediction_features(predictions: Sequence[Prediction]) -> np.ndarray:
             sum(int(n.landmark_id) == int(prediction.landmark_id) for n in neighbours) / len(neighbours)
             if neighbours else 0.0
         )
-        non_landmark = max([float(n.similarity) for n in neighbours if int(n.landmark_id) == NON_LANDMARK], default=0.0)
+        non_landmark = max([float(n.similarity) for n in neighbours if int(n.landmark_id) == NO_LANDMARK], default=0.0)
         knn = max([float(n.similarity) for n in neighbours if int(n.landmark_id) == int(prediction.landmark_id)],
                   default=0.0)
         rows[row] = (best, best - (scores[1] if len(scores) > 1 else 0.0), agreement, max(0.0, non_landmark),
