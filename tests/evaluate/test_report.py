@@ -343,3 +343,28 @@ def test_write_submission_formats_each_kind_of_prediction(tiny_run_dir: Path, ti
     assert write_submission(tiny_run_dir, tiny_gldv2, out, backend="torch") == (8, 1)
     frame = pd.read_csv(out, dtype=str, keep_default_na=False)
     assert frame["landmarks"].tolist() == ["", "", "55 0.123457", "1042 1.000000"] * 2
+
+
+# -- the glr descriptor -----------------------------------------------------------------------------
+def test_finish_run_fits_the_descriptor_and_the_index_holds_what_the_saved_model_embeds(tiny_gldv2: Path,
+                                                                                          tmp_path: Path) -> None:
+    from landmarks.models.registry import load_model
+    from landmarks.train.run import train
+
+    overrides = ["model.backbone=test_efficientnet", "model.pretrained=none", "model.embedding_dim=16",
+                 "model.descriptor_dims=6", "data.image_size_px=32", "train.epochs=2", "train.batch_size=8",
+                 "train.workers=0", "train.max_minutes=none", "data.val_fraction=0.25",
+                 f"data.cache_dir={tmp_path / 'cache'}"]
+    run = train(load_config("glr", overrides), tiny_gldv2, tmp_path / "run")
+    descriptor = load_model(run).head.descriptor
+    assert descriptor.dims == 6 and descriptor.projection.abs().sum() > 0  # fitted, and saved fitted
+    recognizer = Recognizer.load(run, backend="torch")
+    index = EmbeddingIndex.load(run / "index")
+    assert index.vectors().shape[1] == 16 + 6
+    split = split_frame(run)
+    photos = split[split["valid"].astype(bool)].head(5)
+    embeddings, _ = recognizer.embedder(np.stack([decode_image(p, 32) for p in photos["path"]]))
+    position = {image_id: i for i, image_id in enumerate(index.image_ids)}
+    stored = index.vectors()[[position[i] for i in photos["id"]]]
+    # the index was computed from the pooled features captured in finish_run; the saved model embeds photos anew
+    np.testing.assert_allclose(embeddings, stored, atol=1e-4)

@@ -1,5 +1,7 @@
 import math
 
+import torch.nn.functional as F
+
 import numpy as np
 import pytest
 import torch
@@ -133,3 +135,28 @@ def test_glr_neck_is_linear_batchnorm_prelu():
     neck = GLRNeck(16, 6)
     assert [type(m).__name__ for m in neck.layers] == ["Linear", "BatchNorm1d", "PReLU"]
     assert neck(torch.rand(4, 16)).shape == (4, 6) and neck.embedding_dim == 6
+
+
+# -- the whitened descriptor ------------------------------------------------------------------------
+def test_descriptor_outputs_zeros_until_fitted_and_then_whitened_vectors_of_its_weight():
+    from landmarks.models.heads import WhitenedDescriptor
+
+    descriptor = WhitenedDescriptor(in_features=6, dims=3, weight=2.0)
+    pooled = torch.rand(20, 6, generator=torch.Generator().manual_seed(0)) + 0.1
+    assert torch.equal(descriptor(pooled), torch.zeros(20, 3))
+    assert descriptor.fit(pooled.numpy()) == 3
+    out = descriptor(pooled)
+    assert torch.allclose(out.norm(dim=1), torch.full((20,), 2.0), atol=1e-5)
+    # whitening: the training features' projections have unit variance and no correlation
+    projected = (F.normalize(pooled, dim=1) - descriptor.center) @ descriptor.projection
+    assert torch.allclose(projected.T @ projected / 20, torch.eye(3), atol=1e-4)
+
+
+def test_descriptor_keeps_at_most_one_component_fewer_than_photos():
+    from landmarks.models.heads import WhitenedDescriptor
+
+    descriptor = WhitenedDescriptor(in_features=8, dims=6, weight=1.0)
+    pooled = np.random.default_rng(1).random((4, 8)).astype(np.float32)
+    assert descriptor.fit(pooled) == 3
+    assert torch.equal(descriptor.projection[:, 3:], torch.zeros(8, 3))
+    assert torch.isfinite(descriptor(torch.from_numpy(pooled))).all()

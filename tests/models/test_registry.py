@@ -16,6 +16,8 @@ CONFIGS = {
     "classifier_arcface": ModelConfig(architecture="classifier", backbone="test_resnet", head="arcface",
                                       embedding_dim=16, arcface_subcenters=2),
     "glr": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem", embedding_dim=16),
+    "glr_descriptor": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem", embedding_dim=16,
+                                  descriptor_dims=4, descriptor_weight=2.0),
 }
 COUNTS = np.array([1, 16, 256, 3])
 
@@ -39,6 +41,9 @@ def _perturb(model: LandmarkModel) -> None:
 def test_save_load_round_trip_gives_identical_outputs(tmp_path: Path, name: str):
     model = _build(name)
     _perturb(model)
+    if getattr(model.head, "descriptor", None) is not None:
+        with torch.no_grad():
+            model.head.descriptor.fit(model.head.pool(model.features(torch.rand(8, 3, 32, 32))).numpy())
     save_model(model, tmp_path, CONFIGS[name])
     assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.glob(".*tmp*"))
     meta = json.loads((tmp_path / "model.json").read_text())
@@ -90,6 +95,20 @@ def test_model_methods_agree():
     assert model.regularization_loss().item() == 0.0
     backbone, head = set(map(id, model.backbone_parameters())), set(map(id, model.head_parameters()))
     assert not backbone & head and backbone | head == set(map(id, model.parameters()))
+
+
+def test_the_descriptor_extends_the_embedding_and_leaves_the_logits_alone():
+    plain, extended = _build("glr").eval(), _build("glr_descriptor").eval()
+    assert extended.load_state_dict(plain.state_dict(), strict=False).missing_keys == [
+        "head.descriptor.center", "head.descriptor.projection"]
+    images = torch.rand(8, 3, 32, 32)
+    with torch.no_grad():
+        extended.head.descriptor.fit(extended.head.pool(extended.features(images)).numpy())
+        (neck, logits), (embedding, extended_logits) = plain(images), extended(images)
+    assert extended.embedding_dim == embedding.shape[1] == 16 + 4
+    assert torch.allclose(logits, extended_logits) and torch.allclose(extended.plain_logits(embedding), logits, atol=1e-5)
+    assert torch.allclose(embedding[:, :16], torch.nn.functional.normalize(neck), atol=1e-6)
+    assert torch.allclose(embedding[:, 16:].norm(dim=1), torch.full((8,), 2.0), atol=1e-5)
 
 
 def test_mean_and_std_from_the_backbone_or_the_config():

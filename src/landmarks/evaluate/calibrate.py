@@ -25,7 +25,7 @@ from landmarks.data.catalog import IMAGE_SUFFIXES, NO_LANDMARK
 from landmarks.data.prepared import PreparedData
 from landmarks.errors import DataError
 from landmarks.evaluate import plots
-from landmarks.models.heads import GLRNeck, SubCenterArcFace, dynamic_margins
+from landmarks.models.heads import GLRNeck, SubCenterArcFace, WhitenedDescriptor, dynamic_margins
 from landmarks.recognize.calibration import (
     FEATURES,
     Calibration,
@@ -342,30 +342,51 @@ def pooled_views(calls: list[np.ndarray], counts: Sequence[int], tta_flip: bool)
     return np.split(stacked, np.cumsum(counts)[:-1])
 
 
-class CalibrationModel:
-    """A fresh neck and ArcFace head trained, like the run's own, on the pooled features of the training photos of
-    some landmarks only: the others are hidden from it, as ``benchmarks/bench_open_set.py`` hides them."""
+class PooledArcFace:
+    """An ArcFace head over pooled backbone features: (photos, views, features) -> the embeddings and logits the
+    run's TorchEmbedder would give (views averaged). The run's own head (``of_model``) or a calibration model,
+    a fresh neck and ArcFace head trained like the run's on the training photos of some landmarks only (the
+    others hidden from it, as ``benchmarks/bench_open_set.py`` hides them), with the run's descriptor."""
 
-    def __init__(self, neck: torch.nn.Module, arcface: torch.nn.Module):
-        self.neck, self.arcface = neck.eval(), arcface.eval()
+    def __init__(self, neck: torch.nn.Module, arcface: torch.nn.Module, descriptor: WhitenedDescriptor | None = None):
+        self.neck, self.arcface, self.descriptor = neck.eval(), arcface.eval(), descriptor
+
+    @classmethod
+    def of_model(cls, model: torch.nn.Module) -> "PooledArcFace":
+        head = model.head
+        return cls(head.neck, head.arcface, head.descriptor)
 
     @torch.no_grad()
     def __call__(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(photos, views, features) -> (L2-normalised embeddings averaged over views, logits averaged over views)."""
+        dim = self.arcface.weight.shape[1] + (self.descriptor.dims if self.descriptor is not None else 0)
         if not len(pooled):
-            dim, classes = self.arcface.weight.shape[1], self.arcface.num_classes
-            return np.zeros((0, dim), np.float32), np.zeros((0, classes), np.float32)
+            return np.zeros((0, dim), np.float32), np.zeros((0, self.arcface.num_classes), np.float32)
         x = torch.from_numpy(np.ascontiguousarray(pooled.reshape(-1, pooled.shape[-1]), dtype=np.float32))
-        embedding = torch.nn.functional.normalize(self.neck(x), dim=1)
-        logits = self.arcface(embedding)
+        neck = self.neck(x)
+        logits = self.arcface(neck)
+        embedding = torch.nn.functional.normalize(neck, dim=1)
+        if self.descriptor is not None:
+            embedding = torch.nn.functional.normalize(torch.cat([embedding, self.descriptor(x)], dim=1), dim=1)
         views = pooled.shape[1]
         embedding = embedding.view(len(pooled), views, -1).sum(1)
         logits = logits.view(len(pooled), views, -1).mean(1)
         return l2_normalize(embedding.numpy()), logits.numpy().astype(np.float32)
 
 
+def fit_descriptor(model: torch.nn.Module, pooled: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Fit the model's ``WhitenedDescriptor`` on the training photos' pooled features (``pooled["train"]``,
+    (photos, views, features)) and return every split's embeddings and logits as the fitted model gives them."""
+    descriptor = model.head.descriptor
+    kept = descriptor.fit(pooled["train"].reshape(-1, pooled["train"].shape[-1]))
+    log.info("descriptor: pooled features whitened to %d of %d dimensions (weight %.2f)", kept, descriptor.dims,
+             descriptor.weight)
+    head = PooledArcFace.of_model(model)
+    return {split: head(views) for split, views in pooled.items()}
+
+
 def train_calibration_model(pooled: np.ndarray, class_index: np.ndarray, num_classes: int,
-                            config: Config, seed: int) -> CalibrationModel:
+                            config: Config, seed: int, descriptor: WhitenedDescriptor | None = None) -> PooledArcFace:
     """A neck + sub-center ArcFace head on (photos, views, features) with the run's model and optimiser settings."""
     model_cfg, train_cfg = config.model, config.train
     generator = torch.Generator().manual_seed(seed)
@@ -396,7 +417,7 @@ def train_calibration_model(pooled: np.ndarray, class_index: np.ndarray, num_cla
             optimizer.step()
             if schedule is not None:
                 schedule.step()
-    return CalibrationModel(neck, arcface)
+    return PooledArcFace(neck, arcface, descriptor)
 
 
 def calibration_model_samples(
@@ -435,8 +456,9 @@ def _calibration_model_samples(recognizer: Recognizer, config: Config, train: tu
     hidden = rng.choice(landmarks, size=max(1, int(round(hidden_fraction * len(landmarks)))), replace=False)
     known_ids = np.setdiff1d(landmarks, hidden)
     kept = np.isin(train_landmarks, known_ids)
+    run_model = getattr(recognizer.embedder, "model", None)
     model = train_calibration_model(train_pooled[kept], np.searchsorted(known_ids, train_landmarks[kept]),
-                                    len(known_ids), config, seed)
+                                    len(known_ids), config, seed, getattr(run_model.head, "descriptor", None))
     references, _ = model(train_pooled[kept])
     ids = [f"train:{i}" for i in range(int(kept.sum()))]
     labels = train_landmarks[kept]

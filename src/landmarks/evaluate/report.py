@@ -17,8 +17,14 @@ from landmarks.data.images import decode_image
 from landmarks.data.prepared import PreparedData
 from landmarks.errors import DataError
 from landmarks.evaluate import metrics, plots
-from landmarks.evaluate.calibrate import calibrate_after_training, capture_pooled
-from landmarks.models.registry import LandmarkModel
+from landmarks.evaluate.calibrate import (
+    MAX_CAPTURED_PHOTOS,
+    calibrate_after_training,
+    capture_pooled,
+    fit_descriptor,
+    pooled_views,
+)
+from landmarks.models.registry import LandmarkModel, save_model
 from landmarks.recognize.embed import TorchEmbedder, embed_paths
 from landmarks.recognize.index import EmbeddingIndex
 from landmarks.recognize.recognizer import Prediction, Recognizer
@@ -151,8 +157,18 @@ def finish_run(run_dir: Path, config: Config, data: PreparedData, model: Landmar
     of every training photo, curves and a prediction collage."""
     model.eval()
     embedder = TorchEmbedder(model, tta_flip=config.recognize.tta_flip)
-    with capture_pooled(model, photos=len(data.frame)) as pooled:  # for the calibration model
+    with capture_pooled(model, photos=len(data.frame)) as pooled:  # for the descriptor and the calibration model
         splits = {split: embed_split(embedder, data, split) for split in ("train", "val", "test")}
+    if getattr(model.head, "descriptor", None) is not None:
+        if pooled:
+            names = ("train", "val", "test")
+            views = pooled_views(pooled, [len(splits[s][0]) for s in names], config.recognize.tta_flip)
+            fitted = fit_descriptor(model, dict(zip(names, views)))
+            splits = {s: (splits[s][0], *fitted[s]) for s in names}
+            save_model(model, run_dir, config.model)  # again, with the fitted descriptor
+        else:
+            log.warning("descriptor left empty: more than %d training photos to hold their pooled features",
+                        MAX_CAPTURED_PHOTOS)
     references = [splits["train"], splits["val"]] if len(splits["val"][0]) else [splits["train"]]
     positions = np.concatenate([r[0] for r in references])
     index = EmbeddingIndex.build(

@@ -55,6 +55,43 @@ class GLRNeck(nn.Module):
         return self.layers[0].out_features
 
 
+class WhitenedDescriptor(nn.Module):
+    """The pooled backbone features as a second, instance-level descriptor: L2-normalised, PCA-whitened to ``dims``
+    (fitted on the training photos after training), L2-normalised again and scaled by ``weight``.
+
+    Appended to the neck's embedding it keeps what the ArcFace neck, trained on the known landmarks only, throws
+    away: photos of an unknown building no longer land on the nearest known landmark's photos as easily (measured
+    on the open-set proxy, see benchmarks/RESULTS.md). Until ``fit`` it outputs zeros, so it changes nothing.
+    """
+
+    def __init__(self, in_features: int, dims: int, weight: float = 2.0):
+        super().__init__()
+        self.dims, self.weight = int(dims), float(weight)
+        self.register_buffer("center", torch.zeros(in_features))
+        self.register_buffer("projection", torch.zeros(in_features, self.dims))
+
+    @torch.no_grad()
+    def fit(self, pooled: np.ndarray) -> int:
+        """PCA whitening from pooled features (N, C); returns the components kept (at most N - 1 and C)."""
+        x = torch.from_numpy(np.asarray(pooled, np.float32).reshape(-1, self.center.numel()))
+        x = F.normalize(x.double(), dim=1)
+        center = x.mean(0)
+        _, singular, vt = torch.linalg.svd(x - center, full_matrices=False)
+        kept = int(min(self.dims, len(x) - 1, (singular > 1e-8 * singular[0]).sum()))
+        projection = torch.zeros_like(self.projection, dtype=torch.float64)
+        projection[:, :kept] = vt[:kept].T / (singular[:kept] / math.sqrt(len(x)))
+        self.center.copy_(center.float())
+        self.projection.copy_(projection.float())
+        return kept
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        whitened = (F.normalize(pooled, dim=1) - self.center) @ self.projection
+        return self.weight * F.normalize(whitened, dim=1)
+
+    def extra_repr(self) -> str:
+        return f"dims={self.dims}, weight={self.weight}"
+
+
 def dynamic_margins(class_counts: np.ndarray, margin_min: float = 0.05, margin_range: float = 0.45) -> np.ndarray:
     """Per-class ArcFace margins in radians: m_c = min + range * normalised(count_c ** -1/4).
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from landmarks.errors import ConfigError, DataError
 from landmarks.models.backbones import create_backbone
-from landmarks.models.heads import DenseHead, GLRNeck, SubCenterArcFace, dynamic_margins
+from landmarks.models.heads import DenseHead, GLRNeck, SubCenterArcFace, WhitenedDescriptor, dynamic_margins
 from landmarks.models.pooling import make_pooling
 from landmarks.models.seed_cnn import SeedCNNHead, SeedCNNTrunk, seed_cnn_spatial_px
 from landmarks.models.spec import ModelConfig
@@ -27,7 +27,11 @@ MODEL_FORMAT_VERSION = 2  # 2: model.json describes the head (kind, logit scale)
 
 
 class ArcFaceHead(nn.Module):
-    """Pooling -> Linear/BatchNorm/PReLU neck -> sub-center ArcFace with per-class margins."""
+    """Pooling -> Linear/BatchNorm/PReLU neck -> sub-center ArcFace with per-class margins.
+
+    With ``model.descriptor_dims`` the embedding is [unit neck embedding, ``WhitenedDescriptor`` of the pooled
+    features]; the logits always come from the neck alone.
+    """
 
     def __init__(self, pooling: nn.Module, in_features: int, cfg: ModelConfig, num_classes: int,
                  class_counts: np.ndarray | None):
@@ -41,17 +45,27 @@ class ArcFaceHead(nn.Module):
                 raise ValueError(f"class_counts has {len(class_counts)} entries for {num_classes} classes.")
             margins = dynamic_margins(class_counts, cfg.arcface_margin_min, cfg.arcface_margin_range)
         self.arcface = SubCenterArcFace(cfg.embedding_dim, num_classes, cfg.arcface_subcenters, cfg.arcface_scale, margins)
-        self.embedding_dim = cfg.embedding_dim
+        self.descriptor = (WhitenedDescriptor(in_features, cfg.descriptor_dims, cfg.descriptor_weight)
+                           if cfg.descriptor_dims else None)
+        self.neck_dim = cfg.embedding_dim
+        self.embedding_dim = cfg.embedding_dim + cfg.descriptor_dims
         self.kind = "arcface"
         self.logit_scale: float | None = float(cfg.arcface_scale)  # logits are scale * cosine to the class centres
 
     def forward(self, feature_map: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = self.neck(self.pool(feature_map))
-        return embedding, self.arcface(embedding, labels)
+        pooled = self.pool(feature_map)
+        neck = self.neck(pooled)
+        return self.with_descriptor(neck, pooled), self.arcface(neck, labels)
+
+    def with_descriptor(self, neck: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """The embedding: the neck's output, followed by the descriptor of ``pooled`` when the head has one."""
+        if self.descriptor is None:
+            return neck
+        return torch.cat([F.normalize(neck, dim=1), self.descriptor(pooled)], dim=1)
 
     def logits(self, embedding: torch.Tensor) -> torch.Tensor:
-        """Scaled cosine logits, no margin."""
-        return self.arcface(embedding)
+        """Scaled cosine logits, no margin (from the neck part of the embedding)."""
+        return self.arcface(embedding[:, : self.neck_dim])
 
 
 class PooledDenseHead(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import types
 from typing import Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Section(BaseModel):
@@ -55,3 +55,5 @@ class ModelConfig(Section):
     arcface_subcenters: int = 3
     arcface_margin_min: float = 0.05  # radians; per-class margin = min + range * normalised(count^-1/4)
     arcface_margin_range: float = 0.45
+    descriptor_dims: int = Field(0, ge=0)  # glr/arcface: whitened pooled features appended to the embedding (0: off)
+    descriptor_weight: float = Field(2.0, gt=0)  # their length next to the unit-length neck embedding
