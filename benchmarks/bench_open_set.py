@@ -269,7 +269,8 @@ def table(frame: pd.DataFrame) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["glr"])
+    parser.add_argument("--presets", nargs="+", default=["glr"],
+                        help="preset names; PRESET+KEY=VALUE[+KEY=VALUE] measures a preset with settings changed")
     parser.add_argument("--seeds", nargs="+", type=int, default=[7, 8])
     parser.add_argument("--non-landmarks", metavar="DIR", help="a bank of photos without any landmark")
     parser.add_argument("--reuse", action="store_true", help="measure run folders already under --keep, no training")
@@ -288,17 +289,18 @@ def main() -> None:
             extra = [f"data.non_landmarks={bank_for_training}"]
             splits[seed]["bank_held_out"] = len(bank_held_out)
         print(f"seed {seed}: {splits[seed]}", flush=True)
-        for preset in args.presets:
-            run_dir = root / f"{preset}-{seed}"
+        for spec in args.presets:
+            preset, *changes = spec.split("+")
+            run_dir = root / f"{spec}-{seed}"
             started = time.monotonic()
             if not (args.reuse and (run_dir / "model.json").exists()):
-                train(load_config(preset, overrides.get(preset, []) + extra), proxy, run_dir)
+                train(load_config(preset, overrides.get(preset, []) + changes + extra), proxy, run_dir)
             wall = (time.monotonic() - started) / 60
             target = load_run_config(run_dir).recognize.target_precision
             bank = root / f"non-landmarks-{seed}" if args.non_landmarks else None
-            cache = root / f"embeddings-{preset}-{seed}.npz"
+            cache = root / f"embeddings-{spec}-{seed}.npz"
             for row in evaluate_variants(run_dir, proxy, bank_held_out, bank, target, cache):
-                rows.append({"preset": preset, "seed": seed, "wall_minutes": wall, **row})
+                rows.append({"preset": " ".join([preset, *changes]), "seed": seed, "wall_minutes": wall, **row})
     frame = pd.DataFrame(rows)
     frame.to_csv(root / "open_set.csv", index=False)
     text = table(frame)

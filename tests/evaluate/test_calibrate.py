@@ -149,3 +149,23 @@ def test_an_arcface_run_is_calibrated_by_a_model_that_never_saw_some_landmarks(t
     assert (run / "plots" / "reliability.png").exists() and (run / "plots" / "precision_coverage.png").exists()
     predictions, _ = Recognizer.load(run, backend="torch").predict_paths(sorted((data / "test").rglob("*.jpg")))
     assert all(0.0 <= p.confidence <= 1.0 for p in predictions)
+
+
+def test_a_calibration_model_whitens_its_descriptor_on_the_photos_it_learns_from_only():
+    import torch
+
+    from landmarks.config import load_config
+    from landmarks.evaluate.calibrate import train_calibration_model
+
+    config = load_config("glr", ["model.embedding_dim=8", "model.descriptor_dims=4", "train.epochs=1",
+                                 "train.batch_size=4"])
+    rng = np.random.default_rng(0)
+    pooled = rng.random((12, 2, 16)).astype(np.float32) + 0.1  # 12 photos, 2 views, 16 features
+    model = train_calibration_model(pooled, np.repeat([0, 1, 2], 4), 3, config, seed=1)
+    expected = torch.nn.functional.normalize(torch.from_numpy(pooled.reshape(-1, 16)), dim=1).mean(0)
+    assert model.descriptor is not None and torch.allclose(model.descriptor.center, expected, atol=1e-6)
+    embeddings, logits = model(pooled)
+    assert embeddings.shape == (12, 8 + 4) and logits.shape == (12, 3)
+    assert np.abs(embeddings[:, 8:]).sum() > 0
+    config.model.descriptor_dims = 0
+    assert train_calibration_model(pooled, np.repeat([0, 1, 2], 4), 3, config, seed=1).descriptor is None

@@ -58,7 +58,8 @@ def test_int8_export_reports_the_change_in_accuracy_and_gap(run: Path):
 
 
 def test_same_padding_is_static_and_folded_into_the_convolutions(tmp_path: Path):
-    """timm's TF-style 'same' convs (EfficientNet-Lite) export without a run-time Pad: ONNX Runtime folds it."""
+    """timm's TF-style 'same' convs (EfficientNet-Lite) export without a run-time Pad: ONNX Runtime folds it.
+    The glr descriptor is in the graph and gives what PyTorch gives."""
     import onnxruntime as ort
     import torch
 
@@ -67,7 +68,9 @@ def test_same_padding_is_static_and_folded_into_the_convolutions(tmp_path: Path)
     from landmarks.models.registry import build_model
 
     model = build_model(ModelConfig(architecture="glr", backbone="tf_efficientnet_lite0", pretrained="none",
-                                    embedding_dim=64), num_classes=3, image_size_px=64).eval()
+                                    embedding_dim=64, descriptor_dims=16), num_classes=3, image_size_px=64).eval()
+    with torch.no_grad():  # a fitted descriptor, part of the exported graph
+        model.head.descriptor.fit(model.head.pool(model.features(torch.rand(24, 3, 64, 64))).numpy())
     path = export_onnx(model, tmp_path / "model.onnx")
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
@@ -77,5 +80,6 @@ def test_same_padding_is_static_and_folded_into_the_convolutions(tmp_path: Path)
     embedding, logits = session.run(["embedding", "logits"], {"images": photos})
     with torch.inference_mode():
         expected_embedding, expected_logits = ExportWrapper(model)(torch.from_numpy(photos))
+    assert embedding.shape == (3, 64 + 16) and np.abs(embedding[:, 64:]).sum() > 0
     assert np.abs(embedding - expected_embedding.numpy()).max() <= 1e-4
     assert np.abs(logits - expected_logits.numpy()).max() <= 1e-3
