@@ -64,7 +64,7 @@ class WhitenedDescriptor(nn.Module):
     on the open-set proxy, see benchmarks/RESULTS.md). Until ``fit`` it outputs zeros, so it changes nothing.
     """
 
-    def __init__(self, in_features: int, dims: int, weight: float = 2.0):
+    def __init__(self, in_features: int, dims: int, weight: float = 1.0):
         super().__init__()
         self.dims, self.weight = int(dims), float(weight)
         self.register_buffer("center", torch.zeros(in_features))

@@ -56,4 +56,4 @@ class ModelConfig(Section):
     arcface_margin_min: float = 0.05  # radians; per-class margin = min + range * normalised(count^-1/4)
     arcface_margin_range: float = 0.45
     descriptor_dims: int = Field(0, ge=0)  # glr/arcface: whitened pooled features appended to the embedding (0: off)
-    descriptor_weight: float = Field(2.0, gt=0)  # their length next to the unit-length neck embedding
+    descriptor_weight: float = Field(1.0, gt=0)  # their length next to the unit-length neck embedding
