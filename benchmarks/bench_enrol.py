@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import answers, data_dir, write_section  # noqa: E402
+from common import add_teaching_arguments, answers, data_dir, teaching_photos, write_section  # noqa: E402
 
 import numpy as np  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
@@ -41,10 +41,7 @@ def summary(results: list[dict], truth: str) -> tuple[float, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="baseline-knn")
-    parser.add_argument("--landmarks", type=int, default=5, help="landmarks left out of training, then enrolled")
-    parser.add_argument("--photos", type=int, default=5, help="photos each is enrolled from")
-    parser.add_argument("--write", action="store_true")
+    add_teaching_arguments(parser, "baseline-knn", "enrolled")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     data = data_dir()
@@ -61,10 +58,7 @@ def main() -> None:
             for landmark_id in held_out:
                 name = f"new: {catalog.name_of(landmark_id)}"
                 paths = catalog.frame.loc[catalog.frame["landmark_id"] == landmark_id, "path"].tolist()
-                rng = np.random.default_rng(landmark_id)
-                order = rng.permutation(len(paths))
-                teach = [paths[i] for i in order[: args.photos]]
-                queries = [paths[i] for i in order[args.photos :]]
+                teach, queries = teaching_photos(paths, landmark_id, args.photos)
                 before = answers(client, queries)
                 files = [("photos", (Path(p).name, Path(p).read_bytes(), "image/jpeg")) for p in teach]
                 enrolled = client.post("/landmarks", data={"name": name}, files=files)

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import answers, data_dir, write_section  # noqa: E402
+from common import add_teaching_arguments, answers, data_dir, teaching_photos, write_section  # noqa: E402
 
 import numpy as np  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
@@ -62,11 +62,8 @@ def diagnosis(run: Path, queries: dict[str, list[str]]) -> tuple[float, float, f
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="glr")
-    parser.add_argument("--landmarks", type=int, default=5, help="landmarks left out of training, then taught")
-    parser.add_argument("--photos", type=int, default=5, help="photos each is taught from")
+    add_teaching_arguments(parser, "glr", "taught")
     parser.add_argument("--keep", help="keep the runs and the exported dataset under this folder")
-    parser.add_argument("--write", action="store_true")
     parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides for both trainings")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -87,9 +84,7 @@ def main() -> None:
         for landmark_id in held_out:
             name = catalog.name_of(landmark_id)
             paths = catalog.frame.loc[catalog.frame["landmark_id"] == landmark_id, "path"].tolist()
-            order = np.random.default_rng(landmark_id).permutation(len(paths))
-            teach = [paths[i] for i in order[: args.photos]]
-            queries[name] = [paths[i] for i in order[args.photos:]]
+            teach, queries[name] = teaching_photos(paths, landmark_id, args.photos)
             files = [("photos", (Path(p).name, Path(p).read_bytes(), "image/jpeg")) for p in teach]
             suggested = client.post("/landmarks", data={"name": name}, files=files,
                                     headers={"Authorization": f"Bearer {contributor}"})

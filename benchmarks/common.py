@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
 
@@ -79,3 +81,17 @@ def answers(client: "TestClient", paths: list[str]) -> list[dict]:
         response.raise_for_status()
         out.append(response.json())
     return out
+
+
+def add_teaching_arguments(parser: argparse.ArgumentParser, preset: str, verb: str) -> None:
+    """--preset, --landmarks, --photos and --write of the benchmarks that teach held-out landmarks to a run."""
+    parser.add_argument("--preset", default=preset)
+    parser.add_argument("--landmarks", type=int, default=5, help=f"landmarks left out of training, then {verb}")
+    parser.add_argument("--photos", type=int, default=5, help=f"photos each is {verb} from")
+    parser.add_argument("--write", action="store_true")
+
+
+def teaching_photos(paths: list[str], landmark_id: int, photos: int) -> tuple[list[str], list[str]]:
+    """A landmark's photos shuffled by its id: the first ``photos`` to teach from, the rest to ask about."""
+    order = [paths[i] for i in np.random.default_rng(landmark_id).permutation(len(paths))]
+    return order[:photos], order[photos:]
