@@ -227,14 +227,16 @@ def evaluate_variants(run_dir: Path, proxy: Path, bank_held_out: list[Path], ban
         probe = probe_recognizer(recognizer, vectors[references], image_ids[references].tolist(), labels[references])
         samples = gather_samples(probe, queries, negatives if with_bank else None, queries_are_references)
         variants = [("min_confidence 0.3", calibrate(samples, "none", None, 0.3))]
-        variants += [(f"calibrated ({m}), own landmark left out", calibrate(samples, m, target_precision))
+        certainty = config.recognize.precision_certainty
+        variants += [(f"calibrated ({m}), own landmark left out", calibrate(samples, m, target_precision, 0.3, certainty))
                      for m in METHODS]
         if "train_pooled" in photos:
             model_samples = calibration_model_samples(
                 recognizer, config, (photos["train_pooled"], photos["train_pooled_true"]),
                 (photos["val_pooled"], photos["val_pooled_true"]),
                 photos["bank_reference_pooled"] if with_bank else None, photos["negative_pooled"] if with_bank else None)
-            variants += [(f"calibrated ({m}), calibration model", calibrate(model_samples, m, target_precision))
+            variants += [(f"calibrated ({m}), calibration model",
+                          calibrate(model_samples, m, target_precision, 0.3, certainty))
                          for m in ("platt", "gate")]
         for name, calibration in variants:
             predictions = copy.deepcopy(raw)

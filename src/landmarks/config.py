@@ -85,6 +85,9 @@ class RecognizeConfig(Section):
     non_landmark_penalty: float = 1.0  # how hard a close non-landmark reference photo pulls the confidence down
     min_confidence: float = 0.3  # below this a prediction is shown as "no known landmark" (GAP still ranks it)
     target_precision: float = Field(0.95, gt=0, le=1)  # calibration: min_confidence for this precision of known answers
+    # how sure the calibration photos must make the run of that precision: the threshold is the lowest at which the
+    # one-sided Wilson lower bound of their precision, at this level, reaches the target (0.5: the measured precision)
+    precision_certainty: float = Field(0.9, ge=0.5, lt=1)
     calibration: Literal["platt", "isotonic", "gate", "none"] = "platt"  # confidence -> P(right) map fitted after training
     hidden_landmarks: Literal["model", "leave-out"] = "model"  # calibration's unknown landmarks: a model trained without
     # a quarter of them (ArcFace heads), or each held-out photo asked with its own landmark left out

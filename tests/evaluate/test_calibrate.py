@@ -169,3 +169,48 @@ def test_a_calibration_model_whitens_its_descriptor_on_the_photos_it_learns_from
     assert np.abs(embeddings[:, 8:]).sum() > 0
     config.model.descriptor_dims = 0
     assert train_calibration_model(pooled, np.repeat([0, 1, 2], 4), 3, config, seed=1).descriptor is None
+
+
+def test_captured_features_give_back_what_the_model_embeds_with_a_descriptor_of_its_own_stage():
+    """capture_pooled records the neck's input then the descriptor's (its stage); PooledArcFace splits them again, so
+    finish_run's recomputed index and the calibration models see what the model itself gives."""
+    import torch
+
+    from landmarks.config import ModelConfig
+    from landmarks.evaluate.calibrate import PooledArcFace, capture_pooled, own_descriptor_features, pooled_views
+    from landmarks.models.registry import build_model
+    from landmarks.recognize.embed import TorchEmbedder
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem", embedding_dim=8,
+                                    descriptor_dims=4, descriptor_stage=2), num_classes=3, image_size_px=32).eval()
+    photos = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    embedder = TorchEmbedder(model, tta_flip=True)
+    with capture_pooled(model) as calls:
+        embedder(photos)
+    (pooled,) = pooled_views(calls, [6], tta_flip=True)
+    assert pooled.shape == (6, 2, model.backbone.num_features + 32)
+    model.head.descriptor.fit(pooled[:, :, -32:].reshape(-1, 32))
+    expected, expected_logits = embedder(photos)
+    embeddings, logits = PooledArcFace.of_model(model)(pooled)
+    np.testing.assert_allclose(embeddings, expected, atol=1e-5)
+    np.testing.assert_allclose(logits, expected_logits, atol=1e-4)
+    recognizer = type("R", (), {"embedder": embedder})()
+    assert own_descriptor_features(recognizer) == 32
+
+
+def test_a_calibration_model_whitens_the_descriptors_own_features_when_it_has_a_stage():
+    import torch
+
+    from landmarks.config import load_config
+    from landmarks.evaluate.calibrate import train_calibration_model
+
+    config = load_config("glr", ["model.embedding_dim=8", "model.descriptor_dims=3", "model.descriptor_stage=2",
+                                 "train.epochs=1", "train.batch_size=4"])
+    rng = np.random.default_rng(0)
+    pooled = rng.random((12, 2, 16 + 5)).astype(np.float32) + 0.1  # 16 neck features, then 5 of the descriptor's
+    model = train_calibration_model(pooled, np.repeat([0, 1, 2], 4), 3, config, seed=1, descriptor_features=5)
+    expected = torch.nn.functional.normalize(torch.from_numpy(pooled[:, :, 16:].reshape(-1, 5)), dim=1).mean(0)
+    assert model.neck.layers[0].in_features == 16 and torch.allclose(model.descriptor.center, expected, atol=1e-6)
+    embeddings, _ = model(pooled)
+    assert embeddings.shape == (12, 8 + 3) and np.abs(embeddings[:, 8:]).sum() > 0

@@ -346,13 +346,16 @@ def test_write_submission_formats_each_kind_of_prediction(tiny_run_dir: Path, ti
 
 
 # -- the glr descriptor -----------------------------------------------------------------------------
+@pytest.mark.parametrize("stage", ["none", "2"])
 def test_finish_run_fits_the_descriptor_and_the_index_holds_what_the_saved_model_embeds(tiny_gldv2: Path,
-                                                                                          tmp_path: Path) -> None:
+                                                                                          tmp_path: Path,
+                                                                                          stage: str) -> None:
     from landmarks.models.registry import load_model
     from landmarks.train.run import train
 
     overrides = ["model.backbone=test_efficientnet", "model.pretrained=none", "model.embedding_dim=16",
-                 "model.descriptor_dims=6", "data.image_size_px=32", "train.epochs=2", "train.batch_size=8",
+                 "model.descriptor_dims=6", f"model.descriptor_stage={stage}", "data.image_size_px=32",
+                 "train.epochs=2", "train.batch_size=8",
                  "train.workers=0", "train.max_minutes=none", "data.val_fraction=0.25",
                  f"data.cache_dir={tmp_path / 'cache'}"]
     run = train(load_config("glr", overrides), tiny_gldv2, tmp_path / "run")

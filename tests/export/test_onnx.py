@@ -57,9 +57,10 @@ def test_int8_export_reports_the_change_in_accuracy_and_gap(run: Path):
     assert change == pytest.approx([int8[0] - fp32[0], int8[1] - fp32[1]], abs=2e-4)
 
 
-def test_same_padding_is_static_and_folded_into_the_convolutions(tmp_path: Path):
+@pytest.mark.parametrize("stage", [None, 3])
+def test_same_padding_is_static_and_folded_into_the_convolutions(tmp_path: Path, stage: int | None):
     """timm's TF-style 'same' convs (EfficientNet-Lite) export without a run-time Pad: ONNX Runtime folds it.
-    The glr descriptor is in the graph and gives what PyTorch gives."""
+    The glr descriptor (of the final features, or of feature level 3) is in the graph and gives what PyTorch gives."""
     import onnxruntime as ort
     import torch
 
@@ -68,9 +69,13 @@ def test_same_padding_is_static_and_folded_into_the_convolutions(tmp_path: Path)
     from landmarks.models.registry import build_model
 
     model = build_model(ModelConfig(architecture="glr", backbone="tf_efficientnet_lite0", pretrained="none",
-                                    embedding_dim=64, descriptor_dims=16), num_classes=3, image_size_px=64).eval()
+                                    embedding_dim=64, descriptor_dims=16, descriptor_stage=stage), num_classes=3,
+                        image_size_px=64).eval()
     with torch.no_grad():  # a fitted descriptor, part of the exported graph
-        model.head.descriptor.fit(model.head.pool(model.features(torch.rand(24, 3, 64, 64))).numpy())
+        images = (torch.rand(24, 3, 64, 64) - model.mean) / model.std
+        feature_map, (tapped,) = model.backbone.forward_intermediates(images, indices=[stage or 0])
+        described = model.head.pool(feature_map) if stage is None else model.head.descriptor_pool(tapped)
+        model.head.descriptor.fit(described.numpy())
     path = export_onnx(model, tmp_path / "model.onnx")
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")

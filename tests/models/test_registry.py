@@ -18,6 +18,8 @@ CONFIGS = {
     "glr": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem", embedding_dim=16),
     "glr_descriptor": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem", embedding_dim=16,
                                   descriptor_dims=4, descriptor_weight=2.0),
+    "glr_stage_descriptor": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem",
+                                        embedding_dim=16, descriptor_dims=4, descriptor_stage=2),
 }
 COUNTS = np.array([1, 16, 256, 3])
 
@@ -25,6 +27,16 @@ COUNTS = np.array([1, 16, 256, 3])
 def _build(name: str) -> LandmarkModel:
     torch.manual_seed(0)
     return build_model(CONFIGS[name], num_classes=4, image_size_px=32, class_counts=COUNTS)
+
+
+def _described(model: LandmarkModel, images: torch.Tensor) -> torch.Tensor:
+    """What the model's descriptor whitens for these photos: the pooled final features, or those of its stage."""
+    with torch.no_grad():
+        if model.head.descriptor_stage is None:
+            return model.head.pool(model.features(images))
+        _, (tapped,) = model.backbone.forward_intermediates((images - model.mean) / model.std,
+                                                            indices=[model.head.descriptor_stage])
+        return model.head.descriptor_pool(tapped)
 
 
 def _perturb(model: LandmarkModel) -> None:
@@ -42,8 +54,7 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path: Path, name: str)
     model = _build(name)
     _perturb(model)
     if getattr(model.head, "descriptor", None) is not None:
-        with torch.no_grad():
-            model.head.descriptor.fit(model.head.pool(model.features(torch.rand(8, 3, 32, 32))).numpy())
+        model.head.descriptor.fit(_described(model, torch.rand(8, 3, 32, 32)).numpy())
     save_model(model, tmp_path, CONFIGS[name])
     assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.glob(".*tmp*"))
     meta = json.loads((tmp_path / "model.json").read_text())
@@ -109,6 +120,29 @@ def test_the_descriptor_extends_the_embedding_and_leaves_the_logits_alone():
     assert torch.allclose(logits, extended_logits) and torch.allclose(extended.plain_logits(embedding), logits, atol=1e-5)
     assert torch.allclose(embedding[:, :16], torch.nn.functional.normalize(neck), atol=1e-6)
     assert torch.allclose(embedding[:, 16:].norm(dim=1), torch.full((8,), 2.0), atol=1e-5)
+
+
+def test_a_stage_descriptor_whitens_that_level_of_the_backbone():
+    model = _build("glr_stage_descriptor").eval()
+    assert model.head.descriptor.center.numel() == 32  # test_efficientnet's feature level 2
+    images = torch.rand(8, 3, 32, 32)
+    with torch.no_grad():
+        before, _ = model(images)
+        from_features, _ = model.head_from_features(model.features(images))  # training on cached feature maps
+        model.head.descriptor.fit(_described(model, images).numpy())
+        after, logits = model(images)
+        final_level = _build("glr_descriptor").eval()
+        final_level.head.descriptor.fit(_described(final_level, images).numpy())
+    assert before.shape == after.shape == (8, 16 + 4) and not before[:, 16:].any() and not from_features[:, 16:].any()
+    assert torch.allclose(after[:, :16], before[:, :16]) and torch.allclose(model.plain_logits(after), logits, atol=1e-5)
+    assert torch.allclose(after[:, 16:].norm(dim=1), torch.ones(8), atol=1e-5)
+    assert not torch.allclose(after[:, 16:], final_level(images)[0][:, 16:] / 2, atol=1e-3)  # not the final level's
+
+
+def test_a_descriptor_stage_the_backbone_lacks_is_a_config_error():
+    with pytest.raises(ConfigError, match="descriptor_stage=9: test_efficientnet has feature levels 0 to 4"):
+        build_model(ModelConfig(architecture="glr", backbone="test_efficientnet", embedding_dim=8, descriptor_dims=2,
+                                descriptor_stage=9), num_classes=2, image_size_px=32)
 
 
 def test_mean_and_std_from_the_backbone_or_the_config():

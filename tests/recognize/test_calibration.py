@@ -19,6 +19,7 @@ from landmarks.recognize.calibration import (
     fit_logistic,
     pool_adjacent_violators,
     precision_coverage,
+    precision_lower_bound,
     prediction_features,
     reliability_bins,
     split_non_landmark_bank,
@@ -125,6 +126,28 @@ def test_threshold_when_the_target_is_never_reached():
     assert not reached and threshold == 0.8  # best precision: 1/2 at >= 0.8
     with pytest.raises(ConfigError):
         choose_threshold(np.array([0.5]), np.array([1]), 1.5)
+
+
+def test_precision_lower_bound_by_hand():
+    # Wilson's bound for 40 of 40 right at 90 %: 40 / (40 + z^2), z = 1.2816; 0.5 is the share itself
+    bound = precision_lower_bound(np.array([40, 40, 0]), np.array([40, 41, 0]), 0.9)
+    np.testing.assert_allclose(bound[0], 40 / (40 + 1.2816**2), atol=1e-4)
+    assert 0.92 < bound[1] < 0.923 and bound[2] == 1.0
+    np.testing.assert_allclose(precision_lower_bound(np.array([3, 40]), np.array([4, 41]), 0.5), [0.75, 40 / 41])
+
+
+def test_threshold_with_certainty_asks_for_more_evidence():
+    """40 right answers, then 3 wrong ones lower down: 40 of 42 (95.2 %) is enough for the measured precision, but
+    Wilson's 90 % bound is only 92 % at 40 of 41; 40 of 40 bounds it at 96 %, so the threshold stays above the first
+    wrong answer."""
+    confidences = np.concatenate([np.linspace(0.99, 0.60, 40), [0.55, 0.50, 0.45]])
+    correct = np.concatenate([np.ones(40, int), np.zeros(3, int)])
+    assert choose_threshold(confidences, correct, 0.95) == (0.50, True)
+    assert choose_threshold(confidences, correct, 0.95, certainty=0.9) == (pytest.approx(0.60), True)
+    threshold, reached = choose_threshold(confidences[:10], correct[:10], 0.95, certainty=0.9)  # 10 of 10: 88.6 %
+    assert not reached and threshold == pytest.approx(0.99 - 9 * 0.01)
+    with pytest.raises(ConfigError):
+        choose_threshold(confidences, correct, 0.95, certainty=1.0)
 
 
 def test_precision_coverage_by_hand():

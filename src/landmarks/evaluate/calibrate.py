@@ -171,15 +171,16 @@ def gather_samples(
 
 
 def calibrate(samples: CalibrationSamples, method: str, target_precision: float | None,
-              default_threshold: float = 0.3) -> Calibration:
-    """Fit ``method`` on the samples and choose the threshold for ``target_precision`` (None: ``default_threshold``
-    on the calibrated scale); what it was fitted on and what it measures there are recorded in the result."""
+              default_threshold: float = 0.3, certainty: float = 0.5) -> Calibration:
+    """Fit ``method`` on the samples and choose the threshold for ``target_precision`` with ``certainty`` (None:
+    ``default_threshold`` on the calibrated scale); what it was fitted on and what it measures there are recorded
+    in the result."""
     calibration = fit_calibration(samples.features, samples.correct, method)
     confidences = calibration(samples.features)
     if target_precision is None or calibration.method == "none" and method != "none":
         threshold, reached = default_threshold, None
     else:
-        threshold, reached = choose_threshold(confidences, samples.correct, target_precision)
+        threshold, reached = choose_threshold(confidences, samples.correct, target_precision, certainty)
         if not reached:
             log.warning("no threshold reaches a precision of %.2f on the calibration photos; using %.3f, the most "
                         "precise", target_precision, threshold)
@@ -289,7 +290,8 @@ def calibrate_after_training(run_dir: Path, config: Config, data: PreparedData, 
                     "recognize.min_confidence stays %.2f", config.recognize.min_confidence)
         return None
     recognize = config.recognize
-    calibration = calibrate(samples, recognize.calibration, recognize.target_precision, recognize.min_confidence)
+    calibration = calibrate(samples, recognize.calibration, recognize.target_precision, recognize.min_confidence,
+                            recognize.precision_certainty)
     calibration.fitted_on["queries"] = queries
     write_calibration(run_dir, calibration, samples)
     recognizer.calibration = calibration
@@ -316,19 +318,27 @@ def has_arcface_neck(model: torch.nn.Module | None) -> bool:
 
 @contextlib.contextmanager
 def capture_pooled(model: torch.nn.Module | None, photos: int = 0) -> Iterator[list[np.ndarray] | None]:
-    """While open, record the pooled backbone features an ArcFace head's neck receives, one array per forward call
-    (with TTA the calls alternate: photos, then their mirror images). None for other heads, and when ``photos``
-    is above ``MAX_CAPTURED_PHOTOS`` (memory: 1280 floats a view)."""
+    """While open, record the pooled backbone features an ArcFace head's neck receives, followed by those its
+    descriptor receives when it has its own (``model.descriptor_stage``), one array per forward call (with TTA
+    the calls alternate: photos, then their mirror images). None for other heads, and when ``photos`` is above
+    ``MAX_CAPTURED_PHOTOS`` (memory: 1280 floats a view)."""
     if not has_arcface_neck(model) or photos > MAX_CAPTURED_PHOTOS:
         yield None
         return
     calls: list[np.ndarray] = []
-    handle = model.head.neck.register_forward_pre_hook(
-        lambda _module, args: calls.append(args[0].detach().float().cpu().numpy()))
+
+    def described(_module: torch.nn.Module, _args: tuple, output: torch.Tensor) -> None:
+        calls[-1] = np.concatenate([calls[-1], output.detach().float().cpu().numpy()], axis=1)
+
+    handles = [model.head.neck.register_forward_pre_hook(
+        lambda _module, args: calls.append(args[0].detach().float().cpu().numpy()))]
+    if getattr(model.head, "descriptor_pool", None) is not None:
+        handles.append(model.head.descriptor_pool.register_forward_hook(described))
     try:
         yield calls
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def pooled_views(calls: list[np.ndarray], counts: Sequence[int], tta_flip: bool) -> list[np.ndarray]:
@@ -342,19 +352,40 @@ def pooled_views(calls: list[np.ndarray], counts: Sequence[int], tta_flip: bool)
     return np.split(stacked, np.cumsum(counts)[:-1])
 
 
+def own_descriptor_features(recognizer: Recognizer) -> int:
+    """How many of the features ``capture_pooled`` records for the recognizer's model are its descriptor's own
+    input (``model.descriptor_stage``); 0 when the descriptor shares the neck's, or there is none."""
+    head = getattr(getattr(recognizer.embedder, "model", None), "head", None)
+    if getattr(head, "descriptor_stage", None) is None or head.descriptor is None:
+        return 0
+    return int(head.descriptor.center.numel())
+
+
 class PooledArcFace:
     """An ArcFace head over pooled backbone features: (photos, views, features) -> the embeddings and logits the
     run's TorchEmbedder would give (views averaged). The run's own head (``of_model``) or a calibration model,
     a fresh neck and ArcFace head trained like the run's on the training photos of some landmarks only (the
-    others hidden from it, as ``benchmarks/bench_open_set.py`` hides them), with a descriptor of its own."""
+    others hidden from it, as ``benchmarks/bench_open_set.py`` hides them), with a descriptor of its own.
 
-    def __init__(self, neck: torch.nn.Module, arcface: torch.nn.Module, descriptor: WhitenedDescriptor | None = None):
+    The features are what ``capture_pooled`` records: the neck's input, then the descriptor's when it has its own
+    (``own_descriptor_input``: its last ``descriptor.center`` features)."""
+
+    def __init__(self, neck: torch.nn.Module, arcface: torch.nn.Module, descriptor: WhitenedDescriptor | None = None,
+                 own_descriptor_input: bool = False):
         self.neck, self.arcface, self.descriptor = neck.eval(), arcface.eval(), descriptor
+        self.own_descriptor_input = own_descriptor_input and descriptor is not None
 
     @classmethod
     def of_model(cls, model: torch.nn.Module) -> "PooledArcFace":
         head = model.head
-        return cls(head.neck, head.arcface, head.descriptor)
+        return cls(head.neck, head.arcface, head.descriptor, getattr(head, "descriptor_stage", None) is not None)
+
+    def split(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the neck's input, the descriptor's input) of captured features (..., features)."""
+        if not self.own_descriptor_input:
+            return pooled, pooled
+        cut = pooled.shape[-1] - self.descriptor.center.numel()
+        return pooled[..., :cut], pooled[..., cut:]
 
     @torch.no_grad()
     def __call__(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -362,12 +393,15 @@ class PooledArcFace:
         dim = self.arcface.weight.shape[1] + (self.descriptor.dims if self.descriptor is not None else 0)
         if not len(pooled):
             return np.zeros((0, dim), np.float32), np.zeros((0, self.arcface.num_classes), np.float32)
-        x = torch.from_numpy(np.ascontiguousarray(pooled.reshape(-1, pooled.shape[-1]), dtype=np.float32))
-        neck = self.neck(x)
+        neck_input, descriptor_input = (torch.from_numpy(np.ascontiguousarray(part.reshape(-1, part.shape[-1]),
+                                                                             dtype=np.float32))
+                                        for part in self.split(pooled))
+        neck = self.neck(neck_input)
         logits = self.arcface(neck)
         embedding = torch.nn.functional.normalize(neck, dim=1)
         if self.descriptor is not None:
-            embedding = torch.nn.functional.normalize(torch.cat([embedding, self.descriptor(x)], dim=1), dim=1)
+            embedding = torch.nn.functional.normalize(torch.cat([embedding, self.descriptor(descriptor_input)], dim=1),
+                                                      dim=1)
         views = pooled.shape[1]
         embedding = embedding.view(len(pooled), views, -1).sum(1)
         logits = logits.view(len(pooled), views, -1).mean(1)
@@ -378,24 +412,31 @@ def fit_descriptor(model: torch.nn.Module, pooled: dict[str, np.ndarray]) -> dic
     """Fit the model's ``WhitenedDescriptor`` on the training photos' pooled features (``pooled["train"]``,
     (photos, views, features)) and return every split's embeddings and logits as the fitted model gives them."""
     descriptor = model.head.descriptor
-    kept = descriptor.fit(pooled["train"].reshape(-1, pooled["train"].shape[-1]))
+    head = PooledArcFace.of_model(model)
+    _, train = head.split(pooled["train"])
+    kept = descriptor.fit(train.reshape(-1, train.shape[-1]))
     log.info("descriptor: pooled features whitened to %d of %d dimensions (weight %.2f)", kept, descriptor.dims,
              descriptor.weight)
-    head = PooledArcFace.of_model(model)
     return {split: head(views) for split, views in pooled.items()}
 
 
 def train_calibration_model(pooled: np.ndarray, class_index: np.ndarray, num_classes: int,
-                            config: Config, seed: int) -> PooledArcFace:
+                            config: Config, seed: int, descriptor_features: int = 0) -> PooledArcFace:
     """A neck + sub-center ArcFace head on (photos, views, features) with the run's model and optimiser settings,
     and, when the run has one (``model.descriptor_dims``), a descriptor whitened on these photos only: whitened on
     every training photo, it would know the hidden landmarks' look (on the open-set proxy that made the threshold
-    too low: known answers 86 % right where 95 % was asked)."""
+    too low: known answers 86 % right where 95 % was asked). ``descriptor_features``: how many of the last
+    features are the descriptor's own input (``capture_pooled``); 0: it shares the neck's."""
     model_cfg, train_cfg = config.model, config.train
     descriptor = None
+    neck_input, descriptor_input = pooled, pooled
     if model_cfg.descriptor_dims:
-        descriptor = WhitenedDescriptor(pooled.shape[-1], model_cfg.descriptor_dims, model_cfg.descriptor_weight)
-        descriptor.fit(pooled.reshape(-1, pooled.shape[-1]))
+        if descriptor_features:
+            neck_input, descriptor_input = pooled[..., :-descriptor_features], pooled[..., -descriptor_features:]
+        descriptor = WhitenedDescriptor(descriptor_input.shape[-1], model_cfg.descriptor_dims,
+                                        model_cfg.descriptor_weight)
+        descriptor.fit(descriptor_input.reshape(-1, descriptor_input.shape[-1]))
+    pooled = neck_input
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     counts = np.bincount(class_index, minlength=num_classes)
@@ -424,7 +465,7 @@ def train_calibration_model(pooled: np.ndarray, class_index: np.ndarray, num_cla
             optimizer.step()
             if schedule is not None:
                 schedule.step()
-    return PooledArcFace(neck, arcface, descriptor)
+    return PooledArcFace(neck, arcface, descriptor, descriptor_features > 0)
 
 
 def calibration_model_samples(
@@ -464,7 +505,7 @@ def _calibration_model_samples(recognizer: Recognizer, config: Config, train: tu
     known_ids = np.setdiff1d(landmarks, hidden)
     kept = np.isin(train_landmarks, known_ids)
     model = train_calibration_model(train_pooled[kept], np.searchsorted(known_ids, train_landmarks[kept]),
-                                    len(known_ids), config, seed)
+                                    len(known_ids), config, seed, own_descriptor_features(recognizer))
     references, _ = model(train_pooled[kept])
     ids = [f"train:{i}" for i in range(int(kept.sum()))]
     labels = train_landmarks[kept]

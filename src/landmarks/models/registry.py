@@ -16,7 +16,7 @@ from torch import nn
 from landmarks.errors import ConfigError, DataError
 from landmarks.models.backbones import create_backbone
 from landmarks.models.heads import DenseHead, GLRNeck, SubCenterArcFace, WhitenedDescriptor, dynamic_margins
-from landmarks.models.pooling import make_pooling
+from landmarks.models.pooling import GeM, make_pooling
 from landmarks.models.seed_cnn import SeedCNNHead, SeedCNNTrunk, seed_cnn_spatial_px
 from landmarks.models.spec import ModelConfig
 from landmarks.utils import atomic_path, atomic_write_text
@@ -30,11 +30,12 @@ class ArcFaceHead(nn.Module):
     """Pooling -> Linear/BatchNorm/PReLU neck -> sub-center ArcFace with per-class margins.
 
     With ``model.descriptor_dims`` the embedding is [unit neck embedding, ``WhitenedDescriptor`` of the pooled
-    features]; the logits always come from the neck alone.
+    features, or with ``model.descriptor_stage`` of that backbone level's GeM-pooled output (``tapped``,
+    ``descriptor_features`` channels)]; the logits always come from the neck alone.
     """
 
     def __init__(self, pooling: nn.Module, in_features: int, cfg: ModelConfig, num_classes: int,
-                 class_counts: np.ndarray | None):
+                 class_counts: np.ndarray | None, descriptor_features: int = 0):
         super().__init__()
         self.pool = pooling
         self.neck = GLRNeck(in_features, cfg.embedding_dim)
@@ -45,23 +46,33 @@ class ArcFaceHead(nn.Module):
                 raise ValueError(f"class_counts has {len(class_counts)} entries for {num_classes} classes.")
             margins = dynamic_margins(class_counts, cfg.arcface_margin_min, cfg.arcface_margin_range)
         self.arcface = SubCenterArcFace(cfg.embedding_dim, num_classes, cfg.arcface_subcenters, cfg.arcface_scale, margins)
-        self.descriptor = (WhitenedDescriptor(in_features, cfg.descriptor_dims, cfg.descriptor_weight)
-                           if cfg.descriptor_dims else None)
+        self.descriptor_stage = cfg.descriptor_stage if cfg.descriptor_dims else None
+        self.descriptor_pool = GeM(trainable=False) if self.descriptor_stage is not None else None
+        self.descriptor = (WhitenedDescriptor(descriptor_features or in_features, cfg.descriptor_dims,
+                                              cfg.descriptor_weight) if cfg.descriptor_dims else None)
         self.neck_dim = cfg.embedding_dim
         self.embedding_dim = cfg.embedding_dim + cfg.descriptor_dims
         self.kind = "arcface"
         self.logit_scale: float | None = float(cfg.arcface_scale)  # logits are scale * cosine to the class centres
 
-    def forward(self, feature_map: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, feature_map: torch.Tensor, labels: torch.Tensor | None = None,
+                tapped: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = self.pool(feature_map)
         neck = self.neck(pooled)
-        return self.with_descriptor(neck, pooled), self.arcface(neck, labels)
+        if self.descriptor_stage is None:
+            described = pooled
+        else:  # no tapped level (training on cached feature maps): the descriptor, not yet fitted, is zeros anyway
+            described = self.descriptor_pool(tapped) if tapped is not None else None
+        return self.with_descriptor(neck, described), self.arcface(neck, labels)
 
-    def with_descriptor(self, neck: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """The embedding: the neck's output, followed by the descriptor of ``pooled`` when the head has one."""
+    def with_descriptor(self, neck: torch.Tensor, described: torch.Tensor | None) -> torch.Tensor:
+        """The embedding: the neck's output, followed by the descriptor of ``described`` (its pooled input; None:
+        zeros) when the head has one."""
         if self.descriptor is None:
             return neck
-        return torch.cat([F.normalize(neck, dim=1), self.descriptor(pooled)], dim=1)
+        descriptor = (self.descriptor(described) if described is not None
+                      else neck.new_zeros(len(neck), self.descriptor.dims))
+        return torch.cat([F.normalize(neck, dim=1), descriptor], dim=1)
 
     def logits(self, embedding: torch.Tensor) -> torch.Tensor:
         """Scaled cosine logits, no margin (from the neck part of the embedding)."""
@@ -124,7 +135,11 @@ class LandmarkModel(nn.Module):
         return self.head(feature_map, labels)
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.head_from_features(self.features(images), labels)
+        stage = getattr(self.head, "descriptor_stage", None)
+        if stage is None:
+            return self.head_from_features(self.features(images), labels)
+        feature_map, (tapped,) = self.backbone.forward_intermediates((images - self.mean) / self.std, indices=[stage])
+        return self.head(feature_map, labels, tapped=tapped)
 
     def plain_logits(self, embedding: torch.Tensor) -> torch.Tensor:
         """Logits without any training margin, from an embedding."""
@@ -176,13 +191,26 @@ def _build_seed_cnn(cfg: ModelConfig, num_classes: int, image_size_px: int, clas
     return LandmarkModel(trunk, head, num_classes, image_size_px, mean, std, cfg.dense_l2)
 
 
+def _stage_channels(backbone: nn.Module, cfg: ModelConfig) -> int:
+    """Channels of the backbone level ``model.descriptor_stage`` names (0 when unset)."""
+    if cfg.descriptor_stage is None or not cfg.descriptor_dims:
+        return 0
+    channels = [info["num_chs"] for info in getattr(backbone, "feature_info", [])]
+    if cfg.descriptor_stage >= len(channels) or not hasattr(backbone, "forward_intermediates"):
+        raise ConfigError(f"model.descriptor_stage={cfg.descriptor_stage}: {cfg.backbone} has feature levels "
+                          f"0 to {len(channels) - 1}" + ("" if hasattr(backbone, "forward_intermediates")
+                                                        else " and no forward_intermediates in timm"))
+    return int(channels[cfg.descriptor_stage])
+
+
 def _build_on_backbone(cfg: ModelConfig, num_classes: int, image_size_px: int, class_counts: np.ndarray | None,
                        arcface: bool) -> LandmarkModel:
     if not cfg.backbone:
         raise ConfigError(f"model.backbone must name a timm model for architecture {cfg.architecture}.")
     backbone, channels, data_config = create_backbone(cfg.backbone, cfg.pretrained)
     pooling = make_pooling(cfg.pooling, cfg.gem_p)
-    head: nn.Module = (ArcFaceHead(pooling, channels, cfg, num_classes, class_counts) if arcface
+    head: nn.Module = (ArcFaceHead(pooling, channels, cfg, num_classes, class_counts, _stage_channels(backbone, cfg))
+                       if arcface
                        else PooledDenseHead(pooling, channels, cfg, num_classes))
     mean = tuple(cfg.mean) if cfg.mean else tuple(data_config["mean"])
     std = tuple(cfg.std) if cfg.std else tuple(data_config["std"])

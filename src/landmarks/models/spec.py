@@ -57,3 +57,6 @@ class ModelConfig(Section):
     arcface_margin_range: float = 0.45
     descriptor_dims: int = Field(0, ge=0)  # glr/arcface: whitened pooled features appended to the embedding (0: off)
     descriptor_weight: float = Field(1.0, gt=0)  # their length next to the unit-length neck embedding
+    # the backbone level (timm feature_info index) whose GeM-pooled output the descriptor whitens; none: the final
+    # features the neck gets. glr: 3, Lite2's stride-16 blocks (instance detail the last layers abstract away)
+    descriptor_stage: int | None = Field(None, ge=0)

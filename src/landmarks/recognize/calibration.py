@@ -47,6 +47,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any, Protocol, Sequence
 
 import numpy as np
@@ -284,17 +285,35 @@ def precision_coverage(confidences: np.ndarray, correct: np.ndarray, is_landmark
     }
 
 
-def choose_threshold(confidences: np.ndarray, correct: np.ndarray, target_precision: float) -> tuple[float, bool]:
+def precision_lower_bound(right: np.ndarray, answers: np.ndarray, certainty: float) -> np.ndarray:
+    """One-sided Wilson lower bound of ``right / answers`` at ``certainty`` (0.5: the share itself; 1 where no answer)."""
+    right, answers = np.asarray(right, np.float64), np.asarray(answers, np.float64)
+    share = np.divide(right, answers, out=np.ones(len(answers)), where=answers > 0)
+    z = NormalDist().inv_cdf(certainty)
+    if z <= 0:
+        return share
+    n = np.maximum(answers, 1.0)
+    centre = share + z * z / (2 * n)
+    spread = z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    return np.where(answers > 0, (centre - spread) / (1 + z * z / n), 1.0)
+
+
+def choose_threshold(confidences: np.ndarray, correct: np.ndarray, target_precision: float,
+                     certainty: float = 0.5) -> tuple[float, bool]:
     """The lowest confidence t at which the answers with confidence >= t are right at least ``target_precision``
-    of the time, and whether the target was reached. When it never is, the threshold with the best precision
+    of the time, with ``certainty`` (Wilson's lower bound of their precision reaches the target; 0.5: their measured
+    precision does), and whether the target was reached. When it never is, the threshold with the best precision
     (the lowest such) and False."""
     if not 0.0 < target_precision <= 1.0:
         raise ConfigError(f"recognize.target_precision must be in (0, 1], got {target_precision}.")
+    if not 0.5 <= certainty < 1.0:
+        raise ConfigError(f"recognize.precision_certainty must be in [0.5, 1), got {certainty}.")
     confidences = np.asarray(confidences, dtype=np.float64)
     if len(confidences) == 0:
         return 1.0, False
     table = precision_coverage(confidences, correct, np.ones(len(confidences), bool))
-    reached = np.flatnonzero(table["precision"] >= target_precision - 1e-12)
+    bound = precision_lower_bound(table["precision"] * table["answers"], table["answers"], certainty)
+    reached = np.flatnonzero(bound >= target_precision - 1e-12)
     if len(reached):
         return float(table["threshold"][reached[0]]), True
     best = int(np.argmax(table["precision"]))
