@@ -29,7 +29,7 @@ def test_glr_on_landmarks_mini_end_to_end(landmarks_data: Path, tmp_path: Path, 
     labels = pd.read_csv(run / "labels.csv")
     assert len(labels) == 41 and labels["name"].str.len().min() > 0
     assert len(pd.read_csv(run / "split.csv")) == 1427
-    assert json.loads((run / "model.json").read_text())["embedding_dim"] == 512 + 192  # neck + whitened descriptor
+    assert json.loads((run / "model.json").read_text())["embedding_dim"] == 512 + 96  # neck + whitened level-3 descriptor
     assert len(pd.read_csv(run / "history.csv")) == 3
     assert len(pd.read_csv(run / "index" / "references.csv")) > 1200
     for plot in ("curves.png", "augmentations.png", "predictions.png", "reliability.png", "precision_coverage.png"):
