@@ -92,6 +92,7 @@ def test_health_docs_page_and_landmarks(client: TestClient):
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["landmarks"] == 4 and health["references"] > 0
     assert health["open"] is False and "admin" in health["access"] and "24 hours" in health["retention"]
+    assert "at least 95% of the landmarks it names on those photos are right (with 90% certainty)" in health["confidence"]
     assert client.get("/docs").status_code == 200 and "/suggestions/{suggestion_id}/approve" in client.get("/openapi.json").text
     page = client.get("/").text
     assert "Teach a new landmark" in page and "Sign in" in page

@@ -42,8 +42,9 @@ def confidence_note(recognizer: Recognizer) -> str:
     if recognizer.calibration is None:
         return f"Confidence is the fused kNN and classifier score (this run is not calibrated). {threshold}"
     return (f"Confidence is the estimated chance that the answer is right, calibrated after training on photos the "
-            f"model never learned from. {threshold} The threshold was chosen so that about "
-            f"{recognizer.config.target_precision:.0%} of the named landmarks are right.")
+            f"model never learned from. {threshold} The threshold was chosen so that at least "
+            f"{recognizer.config.target_precision:.0%} of the landmarks it names on those photos are right "
+            f"(with {recognizer.config.precision_certainty:.0%} certainty).")
 
 
 def access_note(service: Service) -> str:
