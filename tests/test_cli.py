@@ -130,6 +130,18 @@ def test_user_mistakes_give_one_sentence_and_exit_2(argv, message, tiny_gldv2: P
     assert len(err.strip().splitlines()) == 1
 
 
+def test_a_model_the_config_cannot_build_is_refused_before_the_run_folder_is_written(tiny_gldv2: Path, tmp_path: Path,
+                                                                                     capsys):
+    run = tmp_path / "run"
+    code, _, err = run_cli(capsys, "-q", "train", "--data", str(tiny_gldv2), "--config", "glr", "--out", str(run),
+                           "model.backbone=test_efficientnet", "model.pretrained=none", "model.descriptor_stage=9",
+                           f"data.cache_dir={tmp_path / 'cache'}")
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines() == ["landmarks: error: model.descriptor_stage=9: test_efficientnet has feature "
+                                        "levels 0 to 4"]
+    assert not run.exists()
+
+
 def test_csv_with_wrong_columns_is_refused(tmp_path: Path, capsys):
     (tmp_path / "train.csv").write_text("image,label\na,1\n")
     code, _, err = run_cli(capsys, "train", "--data", str(tmp_path))

@@ -33,13 +33,13 @@ def train(config: Config, data_dir: Path, run_dir: Path, resume: bool = False) -
     distributed.setup()
     with distributed.main_first():
         data = prepare_data(config, Path(data_dir))
+    trainer = Trainer(config, data, run_dir)  # first: a model the config cannot build leaves no run folder behind
     if distributed.is_main():
         (run_dir / "plots").mkdir(parents=True, exist_ok=True)
         dump_config(config, run_dir / "config.yaml")
         write_labels(data, run_dir)
         with atomic_path(run_dir / "split.csv") as tmp:
             data.frame[["id", "path", "landmark_id", "split"]].assign(valid=data.cache.valid).to_csv(tmp, index=False)
-    trainer = Trainer(config, data, run_dir)
     parameters = f"{sum(p.numel() for p in trainer.model.parameters()):,} parameters"
     if config.model.architecture == "seed_cnn":
         parameters += f" ({keras_parameter_count(trainer.model):,} as Keras counts them, BatchNorm statistics included)"
