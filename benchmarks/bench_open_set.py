@@ -228,15 +228,15 @@ def evaluate_variants(run_dir: Path, proxy: Path, bank_held_out: list[Path], ban
         samples = gather_samples(probe, queries, negatives if with_bank else None, queries_are_references)
         variants = [("min_confidence 0.3", calibrate(samples, "none", None, 0.3))]
         certainty = config.recognize.precision_certainty
-        variants += [(f"calibrated ({m}), own landmark left out", calibrate(samples, m, target_precision, 0.3, certainty))
-                     for m in METHODS]
+        variants += [(f"calibrated ({m}), own landmark left out",
+                      calibrate(samples, m, target_precision, certainty=certainty)) for m in METHODS]
         if "train_pooled" in photos:
             model_samples = calibration_model_samples(
                 recognizer, config, (photos["train_pooled"], photos["train_pooled_true"]),
                 (photos["val_pooled"], photos["val_pooled_true"]),
                 photos["bank_reference_pooled"] if with_bank else None, photos["negative_pooled"] if with_bank else None)
             variants += [(f"calibrated ({m}), calibration model",
-                          calibrate(model_samples, m, target_precision, 0.3, certainty))
+                          calibrate(model_samples, m, target_precision, certainty=certainty))
                          for m in ("platt", "gate")]
         for name, calibration in variants:
             predictions = copy.deepcopy(raw)
@@ -321,8 +321,8 @@ def main() -> None:
             "A test set built from train.csv alone, so a recipe can be compared without tuning on the real test set: "
             f"{HIDDEN_FRACTION:.0%} of the landmarks are hidden from training and their photos return as 'no known "
             f"landmark' queries, beside {QUERY_FRACTION:.0%} of each known landmark's photos held back from training"
-            + (f"; a third of the non-landmark bank is held out as queries, the rest goes to training as "
-               f"`data.non_landmarks`" if args.non_landmarks else "")
+            + ("; a third of the non-landmark bank is held out as queries, the rest goes to training as "
+               "`data.non_landmarks`" if args.non_landmarks else "")
             + f" ({described}). One training per preset and seed; every variant re-scores the same embeddings "
             "(see the docstring of bench_open_set.py for the columns).\n\n```\n" + command + "\n```\n\n" + text
         )

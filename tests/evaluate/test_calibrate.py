@@ -195,8 +195,7 @@ def test_captured_features_give_back_what_the_model_embeds_with_a_descriptor_of_
     embeddings, logits = PooledArcFace.of_model(model)(pooled)
     np.testing.assert_allclose(embeddings, expected, atol=1e-5)
     np.testing.assert_allclose(logits, expected_logits, atol=1e-4)
-    recognizer = type("R", (), {"embedder": embedder})()
-    assert own_descriptor_features(recognizer) == 32
+    assert own_descriptor_features(model) == 32
 
 
 def test_a_calibration_model_whitens_the_descriptors_own_features_when_it_has_a_stage():

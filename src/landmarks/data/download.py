@@ -27,7 +27,6 @@ import shutil
 import socket
 import tarfile
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request

@@ -352,13 +352,21 @@ def pooled_views(calls: list[np.ndarray], counts: Sequence[int], tta_flip: bool)
     return np.split(stacked, np.cumsum(counts)[:-1])
 
 
-def own_descriptor_features(recognizer: Recognizer) -> int:
-    """How many of the features ``capture_pooled`` records for the recognizer's model are its descriptor's own
-    input (``model.descriptor_stage``); 0 when the descriptor shares the neck's, or there is none."""
-    head = getattr(getattr(recognizer.embedder, "model", None), "head", None)
+def own_descriptor_features(model: torch.nn.Module | None) -> int:
+    """How many of the features ``capture_pooled`` records for ``model`` are its descriptor's own input
+    (``model.descriptor_stage``, recorded after the neck's); 0 when the descriptor shares the neck's, or there is none."""
+    head = getattr(model, "head", None)
     if getattr(head, "descriptor_stage", None) is None or head.descriptor is None:
         return 0
     return int(head.descriptor.center.numel())
+
+
+def split_pooled(pooled: np.ndarray, descriptor_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the neck's input, the descriptor's input) of captured features (..., features): the last
+    ``descriptor_features`` are the descriptor's own; with 0 both get all of them."""
+    if not descriptor_features:
+        return pooled, pooled
+    return pooled[..., :-descriptor_features], pooled[..., -descriptor_features:]
 
 
 class PooledArcFace:
@@ -367,25 +375,17 @@ class PooledArcFace:
     a fresh neck and ArcFace head trained like the run's on the training photos of some landmarks only (the
     others hidden from it, as ``benchmarks/bench_open_set.py`` hides them), with a descriptor of its own.
 
-    The features are what ``capture_pooled`` records: the neck's input, then the descriptor's when it has its own
-    (``own_descriptor_input``: its last ``descriptor.center`` features)."""
+    The features are what ``capture_pooled`` records (``split_pooled`` with ``descriptor_features``)."""
 
     def __init__(self, neck: torch.nn.Module, arcface: torch.nn.Module, descriptor: WhitenedDescriptor | None = None,
-                 own_descriptor_input: bool = False):
+                 descriptor_features: int = 0):
         self.neck, self.arcface, self.descriptor = neck.eval(), arcface.eval(), descriptor
-        self.own_descriptor_input = own_descriptor_input and descriptor is not None
+        self.descriptor_features = descriptor_features if descriptor is not None else 0
 
     @classmethod
     def of_model(cls, model: torch.nn.Module) -> "PooledArcFace":
         head = model.head
-        return cls(head.neck, head.arcface, head.descriptor, getattr(head, "descriptor_stage", None) is not None)
-
-    def split(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(the neck's input, the descriptor's input) of captured features (..., features)."""
-        if not self.own_descriptor_input:
-            return pooled, pooled
-        cut = pooled.shape[-1] - self.descriptor.center.numel()
-        return pooled[..., :cut], pooled[..., cut:]
+        return cls(head.neck, head.arcface, head.descriptor, own_descriptor_features(model))
 
     @torch.no_grad()
     def __call__(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -395,7 +395,7 @@ class PooledArcFace:
             return np.zeros((0, dim), np.float32), np.zeros((0, self.arcface.num_classes), np.float32)
         neck_input, descriptor_input = (torch.from_numpy(np.ascontiguousarray(part.reshape(-1, part.shape[-1]),
                                                                              dtype=np.float32))
-                                        for part in self.split(pooled))
+                                        for part in split_pooled(pooled, self.descriptor_features))
         neck = self.neck(neck_input)
         logits = self.arcface(neck)
         embedding = torch.nn.functional.normalize(neck, dim=1)
@@ -413,7 +413,7 @@ def fit_descriptor(model: torch.nn.Module, pooled: dict[str, np.ndarray]) -> dic
     (photos, views, features)) and return every split's embeddings and logits as the fitted model gives them."""
     descriptor = model.head.descriptor
     head = PooledArcFace.of_model(model)
-    _, train = head.split(pooled["train"])
+    _, train = split_pooled(pooled["train"], head.descriptor_features)
     kept = descriptor.fit(train.reshape(-1, train.shape[-1]))
     log.info("descriptor: pooled features whitened to %d of %d dimensions (weight %.2f)", kept, descriptor.dims,
              descriptor.weight)
@@ -429,10 +429,8 @@ def train_calibration_model(pooled: np.ndarray, class_index: np.ndarray, num_cla
     features are the descriptor's own input (``capture_pooled``); 0: it shares the neck's."""
     model_cfg, train_cfg = config.model, config.train
     descriptor = None
-    neck_input, descriptor_input = pooled, pooled
+    neck_input, descriptor_input = split_pooled(pooled, descriptor_features if model_cfg.descriptor_dims else 0)
     if model_cfg.descriptor_dims:
-        if descriptor_features:
-            neck_input, descriptor_input = pooled[..., :-descriptor_features], pooled[..., -descriptor_features:]
         descriptor = WhitenedDescriptor(descriptor_input.shape[-1], model_cfg.descriptor_dims,
                                         model_cfg.descriptor_weight)
         descriptor.fit(descriptor_input.reshape(-1, descriptor_input.shape[-1]))
@@ -465,7 +463,7 @@ def train_calibration_model(pooled: np.ndarray, class_index: np.ndarray, num_cla
             optimizer.step()
             if schedule is not None:
                 schedule.step()
-    return PooledArcFace(neck, arcface, descriptor, descriptor_features > 0)
+    return PooledArcFace(neck, arcface, descriptor, descriptor_features)
 
 
 def calibration_model_samples(
@@ -505,7 +503,8 @@ def _calibration_model_samples(recognizer: Recognizer, config: Config, train: tu
     known_ids = np.setdiff1d(landmarks, hidden)
     kept = np.isin(train_landmarks, known_ids)
     model = train_calibration_model(train_pooled[kept], np.searchsorted(known_ids, train_landmarks[kept]),
-                                    len(known_ids), config, seed, own_descriptor_features(recognizer))
+                                    len(known_ids), config, seed,
+                                    own_descriptor_features(getattr(recognizer.embedder, "model", None)))
     references, _ = model(train_pooled[kept])
     ids = [f"train:{i}" for i in range(int(kept.sum()))]
     labels = train_landmarks[kept]

@@ -195,11 +195,13 @@ def _stage_channels(backbone: nn.Module, cfg: ModelConfig) -> int:
     """Channels of the backbone level ``model.descriptor_stage`` names (0 when unset)."""
     if cfg.descriptor_stage is None or not cfg.descriptor_dims:
         return 0
-    channels = [info["num_chs"] for info in getattr(backbone, "feature_info", [])]
-    if cfg.descriptor_stage >= len(channels) or not hasattr(backbone, "forward_intermediates"):
+    if not hasattr(backbone, "forward_intermediates"):
+        raise ConfigError(f"model.descriptor_stage: timm's {cfg.backbone} cannot return an intermediate level "
+                          "(no forward_intermediates); set model.descriptor_stage=none.")
+    channels = [info["num_chs"] for info in backbone.feature_info]
+    if cfg.descriptor_stage >= len(channels):
         raise ConfigError(f"model.descriptor_stage={cfg.descriptor_stage}: {cfg.backbone} has feature levels "
-                          f"0 to {len(channels) - 1}" + ("" if hasattr(backbone, "forward_intermediates")
-                                                        else " and no forward_intermediates in timm"))
+                          f"0 to {len(channels) - 1}")
     return int(channels[cfg.descriptor_stage])
 
 
