@@ -37,9 +37,9 @@ def plain_eager(run: Path, paths: list[str], batch_size: int = 32) -> dict:
     import torch
     from PIL import Image
 
-    from landmarks.models.registry import load_model
+    from landmarks.run_folder import RunFolder
 
-    model = load_model(run)
+    model = RunFolder(run).load_model()
     size = model.input_size_px
     started = time.perf_counter()
     count = 0
@@ -130,9 +130,9 @@ def main() -> None:
         p95 = lat[int(0.95 * (len(lat) - 1))]
         rows.append(f"| {label} | {r['images_per_second']:.1f} | {statistics.median(lat):.1f} | {p95:.1f} | {r['peak_rss_mb']:.0f} |")
     speedup = results["fast"]["images_per_second"] / results["eager"]["images_per_second"]
-    from landmarks.models.registry import load_model
+    from landmarks.run_folder import RunFolder
 
-    size = load_model(run).input_size_px
+    size = RunFolder(run).load_model().input_size_px
     table = "\n".join([
         "| path | photos/s, files on disk to embeddings | single photo p50 ms | p95 ms | peak RSS MB |",
         "|---|---|---|---|---|",

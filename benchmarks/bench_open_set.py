@@ -41,25 +41,15 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from common import add_preset_run_arguments, preset_run_setup, write_section  # noqa: E402
 
-from landmarks.config import load_config, load_run_config  # noqa: E402
-from landmarks.data.catalog import NO_LANDMARK, read_catalog, write_catalog  # noqa: E402
+from landmarks.config import load_config  # noqa: E402
+from landmarks.run_folder import RunFolder  # noqa: E402
+from landmarks.data.catalog import NO_LANDMARK, non_landmark_photos, read_catalog, write_catalog  # noqa: E402
 from landmarks.data.sampling import stratified_split  # noqa: E402
 from landmarks.evaluate import metrics  # noqa: E402
-from landmarks.evaluate.calibrate import (  # noqa: E402
-    bank_photos,
-    calibrate,
-    calibration_model_samples,
-    capture_pooled,
-    gather_samples,
-    has_arcface_neck,
-    pooled_views,
-    probe_recognizer,
-)
-from landmarks.recognize.calibration import (  # noqa: E402
-    expected_calibration_error,
-    precision_coverage,
-    split_non_landmark_bank,
-)
+from landmarks.train.open_set import calibrate, calibration_model_samples, gather_samples, probe_recognizer  # noqa: E402
+from landmarks.train.pooled import capture_pooled, has_arcface_neck, pooled_views  # noqa: E402
+from landmarks.evaluate.metrics import expected_calibration_error, precision_coverage  # noqa: E402
+from landmarks.train.open_set import split_non_landmark_bank  # noqa: E402
 from landmarks.recognize.embed import embed_paths  # noqa: E402
 from landmarks.recognize.index import EmbeddingIndex  # noqa: E402
 from landmarks.recognize.recognizer import Recognizer  # noqa: E402
@@ -97,7 +87,7 @@ def make_proxy(data: Path, seed: int, out: Path) -> dict[str, int]:
 def split_bank_for_bench(bank: Path, seed: int, out: Path) -> list[Path]:
     """Hold a third of the bank out as queries; link the rest into ``out`` (the training's data.non_landmarks).
     Returns the held-out photos. By content hash, like the training's own split, with another salt."""
-    held_out, for_training = split_non_landmark_bank(bank_photos(bank), BANK_HELD_OUT_FRACTION, seed=1000 + seed)
+    held_out, for_training = split_non_landmark_bank(non_landmark_photos(bank), BANK_HELD_OUT_FRACTION, seed=1000 + seed)
     out.mkdir(parents=True, exist_ok=True)
     for photo in for_training:
         link = out / photo.name
@@ -113,11 +103,12 @@ def measure(predictions: list, true: np.ndarray, kinds: np.ndarray) -> dict[str,
     known = np.array([p.known for p in predictions])
     right = predicted == true
     proxy = kinds != "bank"
+    answers = metrics.known_answers(right, known, kinds == "landmark")
     result = {
         "gap": metrics.global_average_precision(predicted[proxy], confidence[proxy], true[proxy]),
         "accuracy": metrics.accuracy(predicted[proxy], true[proxy]),
-        "precision": float(right[known].mean()) if known.any() else float("nan"),
-        "coverage": float((right & known)[kinds == "landmark"].mean()),
+        "precision": answers["precision_of_known_answers"] if known.any() else float("nan"),
+        "coverage": answers["coverage"],
         "hidden_named": float(known[kinds == "hidden"].mean()),
         "bank_named": float(known[kinds == "bank"].mean()) if (kinds == "bank").any() else float("nan"),
         "ece": expected_calibration_error(confidence, right),
@@ -135,10 +126,10 @@ def embed_queries(run_dir: Path, proxy: Path, bank_held_out: list[Path], bank: P
     out: dict = dict(np.load(cache, allow_pickle=True)) if cache.exists() else {}
     shipped = Recognizer.load(run_dir, backend="torch")
     model = getattr(shipped.embedder, "model", None)
-    wants_pooled = has_arcface_neck(model) and load_run_config(run_dir).recognize.hidden_landmarks == "model"
+    wants_pooled = has_arcface_neck(model) and RunFolder(run_dir).read_scoring().recognize.hidden_landmarks == "model"
     if out and ("train_pooled" in out or not wants_pooled):
         return out
-    config = load_run_config(run_dir)
+    config = RunFolder(run_dir).read_config()
     split = pd.read_csv(run_dir / "split.csv")
     split = split[split["valid"].astype(bool)]
 
@@ -159,7 +150,7 @@ def embed_queries(run_dir: Path, proxy: Path, bank_held_out: list[Path], bank: P
             out[f"{name}_pooled"] = pooled(photos["path"].tolist())
             out[f"{name}_pooled_true"] = photos["landmark_id"].to_numpy()
         if bank is not None:
-            references, negatives = split_non_landmark_bank(bank_photos(bank), seed=config.train.seed)
+            references, negatives = split_non_landmark_bank(non_landmark_photos(bank), seed=config.train.seed)
             out["bank_reference_pooled"], out["negative_pooled"] = pooled(references), pooled(negatives)
         if "test_embeddings" in out:
             np.savez(cache, **out)
@@ -172,7 +163,7 @@ def embed_queries(run_dir: Path, proxy: Path, bank_held_out: list[Path], bank: P
     out["query_true"] = calibration_photos["landmark_id"].to_numpy()
     out["query_ids"] = calibration_photos["id"].to_numpy().astype(str)
     if bank is not None:
-        references, negatives = split_non_landmark_bank(bank_photos(bank), seed=config.train.seed)
+        references, negatives = split_non_landmark_bank(non_landmark_photos(bank), seed=config.train.seed)
         out["negative_embeddings"], out["negative_logits"] = embed(negatives)
         out["bank_reference_embeddings"], _ = embed(references)
         out["bank_reference_ids"] = np.array([f"non-landmark:{p.name}" for p in references])
@@ -191,7 +182,7 @@ def evaluate_variants(run_dir: Path, proxy: Path, bank_held_out: list[Path], ban
     """Every variant of the table, measured on one trained run by re-scoring the same embeddings. A run trained
     without ``data.non_landmarks`` gets the bank's references here, as ``finish_run`` would have added them."""
     shipped = Recognizer.load(run_dir, backend="torch")
-    config = load_run_config(run_dir)
+    config = RunFolder(run_dir).read_config()
     bank = Path(config.data.non_landmarks) if config.data.non_landmarks else bank
     photos = embed_queries(run_dir, proxy, bank_held_out, bank, cache)
     index = shipped.index
@@ -298,7 +289,7 @@ def main() -> None:
             if not (args.reuse and (run_dir / "model.json").exists()):
                 train(load_config(preset, overrides.get(preset, []) + changes + extra), proxy, run_dir)
             wall = (time.monotonic() - started) / 60
-            target = load_run_config(run_dir).recognize.target_precision
+            target = RunFolder(run_dir).read_scoring().recognize.target_precision
             bank = root / f"non-landmarks-{seed}" if args.non_landmarks else None
             cache = root / f"embeddings-{spec}-{seed}.npz"
             for row in evaluate_variants(run_dir, proxy, bank_held_out, bank, target, cache):

@@ -34,7 +34,7 @@ def test_proxy_hides_landmarks_from_training_and_labels_them_no_landmark(tiny_gl
 
 
 def test_variants_are_measured_on_one_run_with_and_without_the_bank(tiny_gldv2: Path, tmp_path: Path) -> None:
-    from conftest import make_photo
+    from tests_helpers import make_photo
 
     from bench_open_set import evaluate_variants, split_bank_for_bench
     from landmarks.config import load_config

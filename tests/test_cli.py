@@ -163,7 +163,7 @@ def test_sample_uses_only_the_photos_on_disk(tmp_path: Path, capsys: pytest.Capt
     """GLDv2's train.csv lists every shard; after downloading a few, sample from what is there."""
     import pandas as pd
 
-    from conftest import build_tiny_gldv2
+    from tests_helpers import build_tiny_gldv2
 
     data = build_tiny_gldv2(tmp_path / "gld")
     frame = pd.read_csv(data / "train.csv", dtype={"id": str})

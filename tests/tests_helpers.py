@@ -1,4 +1,5 @@
-"""Small builders shared by tests (importable because tests/ is on sys.path under pytest's rootdir conftest)."""
+"""Small builders shared by tests and the benchmarks' smoke runs (importable because tests/ is on sys.path under
+pytest's rootdir conftest); no test module imports another test module or conftest."""
 
 import socket
 import threading
@@ -9,7 +10,46 @@ from typing import Iterator
 
 import numpy as np
 
-from conftest import make_photo
+from PIL import Image
+
+
+def make_photo(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (48, 40), seed: int = 0) -> Path:
+    """A small JPEG: a flat colour with a little noise and a stripe, so classes are learnable."""
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour, dtype=np.float32) + rng.normal(0, 12, (size[1], size[0], 3)), 0, 255)
+    pixels[size[1] // 3 : size[1] // 2, :, :] = 255 - np.array(colour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels.astype(np.uint8)).save(path, "JPEG", quality=90)
+    return path
+
+COLOURS = [(220, 30, 30), (30, 200, 40), (40, 60, 220), (230, 220, 40)]
+
+def build_tiny_gldv2(root: Path) -> Path:
+    """The folder behind the ``tiny_gldv2`` fixture (also used by the benchmarks' smoke runs)."""
+    train_rows, test_rows, solution_rows = [], [], []
+    landmark_ids = [7, 1042, 55, 300]
+    for class_number, (landmark_id, colour) in enumerate(zip(landmark_ids, COLOURS)):
+        for i in range(12):
+            image_id = f"{class_number:x}{i:x}a{landmark_id:04x}{i:08x}"[:16].ljust(16, "0")
+            make_photo(root / "train" / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg", colour, seed=i)
+            train_rows.append(f"{image_id},{landmark_id}")
+        for i in range(2 if class_number < 3 else 0):
+            image_id = f"f{class_number:x}{i:x}b{landmark_id:04x}{i:08x}"[:16].ljust(16, "0")
+            make_photo(root / "test" / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg", colour, seed=100 + i)
+            test_rows.append(image_id)
+            solution_rows.append(f"{image_id},{landmark_id},Private")
+    for i in range(2):
+        image_id = f"e{i:x}0000000000000{i}"[:16]
+        make_photo(root / "test" / image_id[0] / image_id[1] / image_id[2] / f"{image_id}.jpg", (128, 128, 128), seed=200 + i)
+        test_rows.append(image_id)
+        solution_rows.append(f"{image_id},,Private")
+    (root / "train.csv").write_text("id,landmark_id\n" + "\n".join(train_rows) + "\n")
+    (root / "test.csv").write_text("id\n" + "\n".join(test_rows) + "\n")
+    (root / "test_solution.csv").write_text("id,landmarks,Usage\n" + "\n".join(solution_rows) + "\n")
+    (root / "landmarks.csv").write_text(
+        "landmark_id,name\n" + "\n".join(f"{l},place_{l}" for l in landmark_ids) + "\n"
+    )
+    return root
 
 
 class FixedEmbedder:

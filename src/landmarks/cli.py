@@ -187,25 +187,30 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from landmarks.recognize.embed import load_embedder
+    from landmarks.recognize.index import INDEX_TYPES
     from landmarks.recognize.sharded import add_non_landmarks, embed_shard, merge_shards
+    from landmarks.run_folder import RunFolder
 
     run = _existing_dir(args.run)
     if args.non_landmarks:
         added, skipped = add_non_landmarks(run, _existing_dir(args.non_landmarks), args.backend)
-        print(f"added {added} non-landmark reference photos to {run / 'index'}"
+        print(f"added {added} non-landmark reference photos to {RunFolder(run).index_dir}"
               + (f" ({skipped} unreadable skipped)" if skipped else ""))
         return 0
     if args.merge:
+        if args.index_type not in INDEX_TYPES:
+            raise LandmarksError(f"--index-type {args.index_type!r} is not one of {', '.join(INDEX_TYPES)}.")
+        folder = RunFolder(run)
         index = merge_shards([Path(f) for f in args.merge], args.index_type)
-        index.save(run / "index")
-        print(f"merged {len(args.merge)} shards: {len(index)} reference photos in {run / 'index'}")
+        folder.save_index(index)
+        print(f"merged {len(args.merge)} shards: {len(index)} reference photos in {folder.index_dir}")
         return 0
     if not args.data or not args.out:
         raise LandmarksError(
             "landmarks index needs --data and --out to embed a shard, --merge FILES to merge shards, "
             "or --non-landmarks DIR to add non-landmark photos."
         )
-    embed_shard(load_embedder(run, args.backend), _existing_dir(args.data), args.shard, args.num_shards, Path(args.out))
+    embed_shard(load_embedder(RunFolder(run), args.backend), _existing_dir(args.data), args.shard, args.num_shards, Path(args.out))
     print(f"wrote shard {args.shard} of {args.num_shards} to {args.out}")
     return 0
 
@@ -330,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", nargs="+", metavar="SHARD.npz", help="merge these shard files into RUN/index")
     p.add_argument("--non-landmarks", metavar="DIR",
                    help="add DIR's photos (showing no known landmark) to RUN/index: close matches lower a query's confidence")
-    p.add_argument("--index-type", default="auto", choices=("auto", "flat", "ivf", "ivfpq"))
+    p.add_argument("--index-type", default="auto", help="auto, flat, ivf or ivfpq (recognize.index_type)")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("presets", help="list the shipped presets")

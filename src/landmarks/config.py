@@ -7,6 +7,7 @@ the models' registries, so they are written once.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 from importlib import resources
 from pathlib import Path
@@ -21,7 +22,10 @@ from landmarks.models.registry import ARCHITECTURES, HEADS
 from landmarks.models.spec import ModelConfig, Section
 from landmarks.utils import atomic_write_text
 
-IndexType = Literal["auto", "flat", "ivf", "ivfpq"]
+log = logging.getLogger(__name__)
+
+IndexType = Literal["auto", "flat", "ivf", "ivfpq"]  # the one list of index types (landmarks.recognize.index)
+RENAMED_KEYS = {"calibrate": "search_knn_weight"}  # recognize keys: old name -> new name (the old one still read)
 
 
 class DataConfig(Section):
@@ -94,7 +98,7 @@ class RecognizeConfig(Section):
     show_neighbours: int = 5  # nearest reference photos reported with each prediction
     tta_flip: bool = False  # average the embedding of the photo and its mirror image
     classifier_score: Literal["auto", "cosine", "softmax"] = "auto"  # auto: cosine for ArcFace heads, else softmax
-    calibrate: bool = False  # after training, choose knn_weight by GAP on the validation split (vs training photos)
+    search_knn_weight: bool = False  # after training, choose knn_weight by GAP on the validation split (vs training photos)
     geo_radius_km: float = Field(50.0, ge=0)  # geo prior: landmarks farther than this from the photo lose confidence (0: off)
 
 
@@ -166,6 +170,9 @@ def _set(tree: dict[str, Any], section: str, key: str, value: Any) -> None:
     if section == "name" and not key:
         tree["name"] = str(value)
         return
+    if section == "recognize" and key in RENAMED_KEYS:
+        log.warning("recognize.%s is now recognize.%s; please rename it", key, RENAMED_KEYS[key])
+        key = RENAMED_KEYS[key]
     if section not in SECTIONS:
         raise ConfigError(f"Unknown config section {section!r}; expected one of {', '.join(SECTIONS)}.")
     fields = SECTIONS[section].model_fields
@@ -217,12 +224,6 @@ def load_config(preset_or_path: str | None = "seed-cnn", overrides: list[str] | 
         raise ConfigError(_message(error)) from None
 
 
-def load_run_config(run_dir: Path) -> Config:
-    """The resolved config a run folder was trained with (defaults when it has no config.yaml)."""
-    path = Path(run_dir) / "config.yaml"
-    return load_config(str(path)) if path.is_file() else Config()
-
-
 def git_commit() -> str | None:
     """The commit of the source tree, when it is a git checkout."""
     try:
@@ -241,4 +242,4 @@ def dump_config(config: Config, path: Path) -> None:
 
 
 __all__ = ["AugmentConfig", "Config", "DataConfig", "IndexType", "ModelConfig", "RecognizeConfig", "TrainConfig",
-           "dump_config", "load_config", "load_run_config", "preset_names"]
+           "dump_config", "load_config", "preset_names"]

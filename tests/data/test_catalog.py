@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from landmarks.data.catalog import Catalog, info_from_table, read_catalog, write_catalog
-from landmarks.data.prepared import PreparedData, write_labels
+from landmarks.data.prepared import PreparedData, labels_table
 from landmarks.errors import DataError
 from tests_helpers import photo
 
@@ -149,8 +149,7 @@ def test_landmark_info_travels_from_landmarks_csv_to_the_run(tmp_path: Path):
                                "description": "A minaret, 73 m"}
     assert 5 not in catalog.info and catalog.info[9] == {"url": "https://x.org/half"}  # a lone latitude is dropped
     data = PreparedData(catalog.frame.assign(class_index=[0, 1, 2]), catalog.names, np.array([3, 5, 9]), None, catalog.info)
-    write_labels(data, tmp_path)
-    labels = pd.read_csv(tmp_path / "labels.csv")
+    labels = labels_table(data)
     assert list(labels.columns) == ["class_index", "landmark_id", "name", "latitude", "longitude", "url", "description"]
     assert info_from_table(labels) == catalog.info
     copy = write_catalog(catalog.frame, catalog.names, tmp_path / "copy", catalog.info)

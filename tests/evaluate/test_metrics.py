@@ -3,6 +3,9 @@ import pandas as pd
 import pytest
 
 from landmarks.evaluate.metrics import (
+    precision_coverage,
+    precision_lower_bound,
+    reliability_bins,
     accuracy,
     confused_pairs,
     global_average_precision,
@@ -187,3 +190,27 @@ def test_confused_pairs_none():
     pairs = confused_pairs([1, -1], [1, 2], {})
     assert isinstance(pairs, pd.DataFrame) and pairs.empty
     assert list(pairs.columns) == ["true_id", "true_name", "predicted_id", "predicted_name", "count"]
+
+
+def test_precision_lower_bound_by_hand():
+    # Wilson's bound for 40 of 40 right at 90 %: 40 / (40 + z^2), z = 1.2816; 0.5 is the share itself
+    bound = precision_lower_bound(np.array([40, 40, 0]), np.array([40, 41, 0]), 0.9)
+    np.testing.assert_allclose(bound[0], 40 / (40 + 1.2816**2), atol=1e-4)
+    assert 0.92 < bound[1] < 0.923 and bound[2] == 1.0
+    np.testing.assert_allclose(precision_lower_bound(np.array([3, 40]), np.array([4, 41]), 0.5), [0.75, 40 / 41])
+
+
+def test_precision_coverage_by_hand():
+    table = precision_coverage(np.array([0.9, 0.6, 0.6, 0.3]), np.array([1, 1, 0, 0]), np.array([1, 1, 1, 0]))
+    np.testing.assert_allclose(table["threshold"], [0.3, 0.6, 0.9])
+    np.testing.assert_array_equal(table["answers"], [4, 3, 1])
+    np.testing.assert_allclose(table["precision"], [0.5, 2 / 3, 1.0])
+    np.testing.assert_allclose(table["coverage"], [2 / 3, 2 / 3, 1 / 3])
+    np.testing.assert_allclose(table["false_landmark_rate"], [1.0, 0.0, 0.0])
+
+
+def test_reliability_bins_by_hand():
+    table = reliability_bins(np.array([0.05, 0.15, 0.12, 0.95]), np.array([0, 1, 0, 1]), bins=10)
+    assert table["count"].tolist() == [1, 2, 0, 0, 0, 0, 0, 0, 0, 1]
+    assert table["observed"][1] == pytest.approx(0.5) and table["mean_confidence"][1] == pytest.approx(0.135)
+    assert np.isnan(table["observed"][5])

@@ -23,8 +23,8 @@ from landmarks.export.web import (
     RUNTIME_FILES, RUNTIME_MISSING, build_bundle, compact_references, page_dir, recognizer_prototypes, runtime_dir,
     scoring_rule, spherical_kmeans, with_prototypes, write_bundle, write_y4m,
 )
-from landmarks.models.registry import load_model
-from landmarks.recognize.calibration import FEATURES, Calibration
+from landmarks.run_folder import RunFolder
+from landmarks.recognize.confidence import Calibration, FEATURES
 from landmarks.recognize.embed import embed_paths
 from landmarks.recognize.geo import Location, geo_factor, haversine_km
 from landmarks.recognize.index import EmbeddingIndex
@@ -141,7 +141,7 @@ def test_page_scoring_agrees_with_the_recognizer(tmp_path: Path, calibration: st
 def exported_run(tiny_run_dir: Path, tmp_path: Path) -> Path:
     run = tmp_path / "run"
     shutil.copytree(tiny_run_dir, run)
-    export_onnx(load_model(run), run / "model.onnx")
+    export_onnx(RunFolder(run).load_model(), run / "model.onnx")
     return run
 
 
@@ -177,12 +177,15 @@ def test_export_writes_a_self_contained_bundle(exported_run: Path, tmp_path: Pat
 
 def test_bundle_prefers_the_int8_model_and_the_calibrated_threshold(exported_run: Path, tmp_path: Path):
     shutil.copyfile(exported_run / "model.onnx", exported_run / "model.int8.onnx")  # stands in for a quantized one
-    Calibration("platt", {"slope": 5.0, "intercept": -2.0}, threshold=0.62).save(exported_run)
+    run = RunFolder(exported_run)
+    scoring = run.read_scoring()
+    scoring.calibration = Calibration("platt", {"slope": 5.0, "intercept": -2.0}, threshold=0.62)
+    scoring.recognize.min_confidence = 0.62  # as training writes the calibrated threshold
+    run.write_scoring(scoring)
     recognizer = Recognizer.load(exported_run)
-    recognizer.config.min_confidence = 0.62  # as training writes the calibrated threshold into config.yaml
     manifest = build_bundle(recognizer, exported_run).manifest
     assert manifest["model"]["variant"] == "int8" and manifest["model"]["source"] == "model.int8.onnx"
-    assert manifest["scoring"]["threshold"] == 0.62 and manifest["scoring"]["threshold_source"] == "calibration.json"
+    assert manifest["scoring"]["threshold"] == 0.62 and manifest["scoring"]["threshold_source"] == "scoring.json (calibrated)"
     assert manifest["scoring"]["calibration"] == {"method": "platt", "features": list(FEATURES),
                                                   "parameters": {"slope": 5.0, "intercept": -2.0}}
 

@@ -1,14 +1,13 @@
-import json
-from pathlib import Path
+"""The registry of architectures and the models they build."""
 
 import numpy as np
 import pytest
 import torch
 
 from landmarks.config import ModelConfig
-from landmarks.errors import ConfigError, DataError
-from landmarks.models.heads import dynamic_margins
-from landmarks.models.registry import ArcFaceHead, LandmarkModel, PooledDenseHead, build_model, load_model, save_model
+from landmarks.errors import ConfigError
+from landmarks.models.landmark_model import ArcFaceHead, LandmarkModel, PooledDenseHead
+from landmarks.models.registry import build_model
 
 CONFIGS = {
     "seed_cnn": ModelConfig(architecture="seed_cnn", embedding_dim=32),
@@ -37,50 +36,6 @@ def _described(model: LandmarkModel, images: torch.Tensor) -> torch.Tensor:
         _, (tapped,) = model.backbone.forward_intermediates((images - model.mean) / model.std,
                                                             indices=[model.head.descriptor_stage])
         return model.head.descriptor_pool(tapped)
-
-
-def _perturb(model: LandmarkModel) -> None:
-    """Train one step so BatchNorm statistics, GeM's p and the weights move away from their initial values."""
-    model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    _, logits = model(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
-    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
-    optimizer.step()
-    model.eval()
-
-
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_save_load_round_trip_gives_identical_outputs(tmp_path: Path, name: str):
-    model = _build(name)
-    _perturb(model)
-    if getattr(model.head, "descriptor", None) is not None:
-        model.head.descriptor.fit(_described(model, torch.rand(8, 3, 32, 32)).numpy())
-    save_model(model, tmp_path, CONFIGS[name])
-    assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.glob(".*tmp*"))
-    meta = json.loads((tmp_path / "model.json").read_text())
-    assert meta["architecture"] == CONFIGS[name].architecture and meta["num_classes"] == 4
-    assert meta["input_size_px"] == 32 and meta["embedding_dim"] == model.embedding_dim
-    assert meta["config"]["backbone"] == CONFIGS[name].backbone and len(meta["mean"]) == 3
-
-    loaded = load_model(tmp_path)
-    assert not loaded.training and type(loaded.head) is type(model.head)
-    images, labels = torch.rand(3, 3, 32, 32), torch.tensor([0, 2, 1])
-    with torch.no_grad():
-        for before, after in zip(model(images), loaded(images)):
-            assert torch.equal(before, after)
-        for before, after in zip(model(images, labels), loaded(images, labels)):
-            assert torch.equal(before, after)
-    assert torch.equal(model.mean, loaded.mean) and torch.equal(model.std, loaded.std)
-
-
-def test_margins_come_from_class_counts_and_survive_a_round_trip(tmp_path: Path):
-    model = _build("glr")
-    expected = torch.from_numpy(dynamic_margins(COUNTS, 0.05, 0.45))
-    assert torch.equal(model.head.arcface.margins, expected)
-    save_model(model, tmp_path, CONFIGS["glr"])
-    assert torch.equal(load_model(tmp_path).head.arcface.margins, expected)  # rebuilt without class_counts
-    plain = build_model(CONFIGS["glr"], num_classes=4, image_size_px=32)
-    assert plain.head.arcface.margins.tolist() == pytest.approx([0.05] * 4)
 
 
 def test_heads_per_architecture():
@@ -153,37 +108,6 @@ def test_mean_and_std_from_the_backbone_or_the_config():
     custom = ModelConfig(architecture="classifier", backbone="test_resnet", mean=(0.1, 0.2, 0.3), std=(1.0, 2.0, 3.0))
     model = build_model(custom, num_classes=2, image_size_px=32)
     assert model.mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3]) and model.std.flatten()[2] == 3.0
-
-
-def test_load_rebuilds_without_pretrained_weights(tmp_path: Path):
-    cfg = ModelConfig(architecture="classifier", backbone="test_resnet", pretrained=str(tmp_path / "gone.safetensors"))
-    model = build_model(ModelConfig(architecture="classifier", backbone="test_resnet"), 3, 32)
-    save_model(model, tmp_path / "run", cfg)  # the weights file named in the config no longer exists
-    loaded = load_model(tmp_path / "run")
-    for key, tensor in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[key], tensor), key
-
-
-def test_missing_model_json_is_a_data_error(tmp_path: Path):
-    with pytest.raises(DataError, match=r"is not a run folder: model\.json is missing"):
-        load_model(tmp_path)
-    model = _build("seed_cnn")
-    save_model(model, tmp_path, CONFIGS["seed_cnn"])
-    (tmp_path / "model.safetensors").unlink()
-    with pytest.raises(DataError, match=r"model\.safetensors is missing"):
-        load_model(tmp_path)
-
-
-def test_weights_that_do_not_match_model_json_are_a_data_error(tmp_path: Path):
-    save_model(_build("seed_cnn"), tmp_path, CONFIGS["seed_cnn"])
-    meta = json.loads((tmp_path / "model.json").read_text())
-    meta["num_classes"] = 5
-    (tmp_path / "model.json").write_text(json.dumps(meta))
-    with pytest.raises(DataError, match="does not match"):
-        load_model(tmp_path)
-    (tmp_path / "model.json").write_text("{not json")
-    with pytest.raises(DataError, match="not a valid model description"):
-        load_model(tmp_path)
 
 
 def test_unknown_architecture_lists_the_valid_ones():

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 from PIL import Image
 
 from landmarks.recognize.predict import predict_to_stream
+from landmarks.run_folder import RunFolder
 
 EIFFEL = (48.8584, 2.2945, "https://en.wikipedia.org/wiki/Eiffel_Tower")
 RED = (220, 30, 30)  # the colour of the tiny run's landmark 7
@@ -38,9 +38,10 @@ def run(tiny_run_dir: Path, tmp_path: Path) -> Path:
     labels["longitude"] = [EIFFEL[1] if i == 7 else None for i in labels["landmark_id"]]
     labels["url"] = [EIFFEL[2] if i == 7 else "" for i in labels["landmark_id"]]
     labels.to_csv(copy / "labels.csv", index=False)
-    config = (copy / "config.yaml").read_text()
-    (copy / "config.yaml").write_text(re.sub(r"min_confidence: [0-9.]+", "min_confidence: 0.001", config))
-    (copy / "calibration.json").unlink(missing_ok=True)
+    folder = RunFolder(copy)
+    scoring = folder.read_scoring()
+    scoring.recognize.min_confidence, scoring.calibration = 0.001, None
+    folder.write_scoring(scoring)
     return copy
 
 

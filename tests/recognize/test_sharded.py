@@ -41,7 +41,7 @@ def test_missing_shard_is_refused(tiny_run_dir: Path, tiny_gldv2: Path, tmp_path
 def test_non_landmark_photos_join_the_index_with_id_minus_one(tiny_run_dir: Path, tmp_path: Path, capsys):
     import shutil
 
-    from conftest import make_photo
+    from tests_helpers import make_photo
 
     run = tmp_path / "run"
     shutil.copytree(tiny_run_dir, run)

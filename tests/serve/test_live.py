@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from landmarks.export.onnx import export_onnx
-from landmarks.models.registry import load_model
+from landmarks.run_folder import RunFolder
 from landmarks.serve.app import create_app
 from landmarks.serve.settings import Settings
 
@@ -31,7 +31,7 @@ def jpeg(colour: tuple[int, int, int]) -> bytes:
 def run(tiny_run_dir: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "run"
     shutil.copytree(tiny_run_dir, copy)
-    export_onnx(load_model(copy), copy / "model.onnx")
+    export_onnx(RunFolder(copy).load_model(), copy / "model.onnx")
     labels = pd.read_csv(copy / "labels.csv")
     labels["latitude"] = [INFO.get(i, (None,) * 3)[0] for i in labels["landmark_id"]]
     labels["longitude"] = [INFO.get(i, (None,) * 3)[1] for i in labels["landmark_id"]]

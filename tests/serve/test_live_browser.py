@@ -22,7 +22,7 @@ from landmarks.data.catalog import NO_LANDMARK_NAME, read_catalog
 from landmarks.data.images import decode_image
 from landmarks.export.onnx import export_onnx, quantize_int8
 from landmarks.export.web import recognizer_prototypes, runtime_dir, with_prototypes, write_y4m
-from landmarks.models.registry import load_model
+from landmarks.run_folder import RunFolder
 from landmarks.recognize.recognizer import Recognizer
 from landmarks.serve.app import create_app
 from landmarks.train.run import train
@@ -44,7 +44,7 @@ def live_run(data: Path, out: Path) -> Path:
     if given:
         return Path(given)
     run = train(load_config("baseline-knn"), data, out)  # calibrated after training: the threshold for 95 % precision
-    model = load_model(run)
+    model = RunFolder(run).load_model()
     export_onnx(model, run / "model.onnx")
     train_photos = read_catalog(data).frame["path"].tolist()[::40]
     quantize_int8(run / "model.onnx", run / "model.int8.onnx", np.stack([decode_image(p, 224) for p in train_photos]))

@@ -29,7 +29,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from conftest import build_tiny_gldv2
+from tests_helpers import build_tiny_gldv2
 
 pytestmark = pytest.mark.slow
 

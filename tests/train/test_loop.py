@@ -13,10 +13,12 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import build_tiny_gldv2
+from tests_helpers import build_tiny_gldv2
 from landmarks.config import load_config
+from landmarks.run_folder import RunFolder
 from landmarks.data.prepared import prepare_data
-from landmarks.models.registry import build_model, model_config_from_meta
+from landmarks.models.registry import build_model
+from landmarks.models.meta import model_config_from_meta
 from landmarks.train.loop import Trainer, _last_batch_of_one
 from landmarks.train.run import train
 from landmarks.utils import seed_everything
@@ -35,7 +37,7 @@ def make_trainer(data_dir: Path, folder: Path, overrides: list[str]) -> Trainer:
     data = prepare_data(config, data_dir)
     run_dir = folder / "run"
     run_dir.mkdir(parents=True)
-    return Trainer(config, data, run_dir)
+    return Trainer(config, data, RunFolder(run_dir))
 
 
 def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -86,8 +88,8 @@ def unfrozen_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     trainer._unfreeze_if_due = spy  # type: ignore[method-assign]
     trainer.fit()
     record["trainer"] = trainer
-    record["last"] = torch.load(trainer.run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
-    record["best"] = torch.load(trainer.run_dir / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    record["last"] = torch.load(trainer.run.path / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    record["best"] = torch.load(trainer.run.path / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
     return record
 
 
@@ -103,7 +105,7 @@ def test_backbone_is_frozen_for_freeze_backbone_epochs_then_trains(unfrozen_run:
                      if k.startswith("backbone.")}
     changed = [k for k in end_of_second if not torch.equal(end_of_second[k], end_of_first[k])]
     assert any(k.endswith("conv_stem.weight") for k in changed) and any(k.endswith("running_mean") for k in changed)
-    history = pd.read_csv(unfrozen_run["trainer"].run_dir / "history.csv")
+    history = pd.read_csv(unfrozen_run["trainer"].run.path / "history.csv")
     assert history["backbone_frozen"].tolist() == [True, False]
     assert unfrozen_run["last"]["frozen"] is False
 
@@ -135,10 +137,10 @@ def test_backbone_frozen_throughout_never_changes(tiny_gldv2: Path, tmp_path: Pa
                                                   f"train.cache_features={str(cache_features).lower()}"])
     backbone, head = snapshot(trainer.model.backbone), snapshot(trainer.model.head)
     trainer.fit()
-    last = torch.load(trainer.run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    last = torch.load(trainer.run.path / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
     assert same({k[len("backbone."):]: v for k, v in last.items() if k.startswith("backbone.")}, backbone)
     assert not same({k[len("head."):]: v for k, v in last.items() if k.startswith("head.")}, head)
-    assert pd.read_csv(trainer.run_dir / "history.csv")["backbone_frozen"].tolist() == [True, True]
+    assert pd.read_csv(trainer.run.path / "history.csv")["backbone_frozen"].tolist() == [True, True]
 
 
 # -- early stopping and the time budget ------------------------------------------------------------------
@@ -152,7 +154,7 @@ def test_early_stopping_after_patience_epochs_without_improvement(
                                                   f"train.early_stopping_patience={patience}"])
     with caplog.at_level(logging.INFO, logger="landmarks.train.loop"):
         trainer.fit()
-    history = pd.read_csv(trainer.run_dir / "history.csv")
+    history = pd.read_csv(trainer.run.path / "history.csv")
     assert history["epoch"].tolist() == list(range(1, epochs_run + 1))
     assert history["val_loss"].nunique() == 1  # nothing could improve
     assert trainer.best_epoch == 1 and trainer.epochs_without_improvement == epochs_run - 1
@@ -167,9 +169,9 @@ def test_time_budget_stops_after_the_epoch_that_spends_it(tiny_gldv2: Path, tmp_
     trainer = make_trainer(tiny_gldv2, tmp_path, ["train.epochs=3", f"train.max_minutes={max_minutes}"])
     with caplog.at_level(logging.INFO, logger="landmarks.train.loop"):
         trainer.fit()
-    assert len(pd.read_csv(trainer.run_dir / "history.csv")) == epochs_run
+    assert len(pd.read_csv(trainer.run.path / "history.csv")) == epochs_run
     assert ("time budget of" in caplog.text) is (max_minutes is not None)
-    assert (trainer.run_dir / "checkpoints" / "best.pt").is_file()
+    assert (trainer.run.path / "checkpoints" / "best.pt").is_file()
 
 
 # -- precise BatchNorm ---------------------------------------------------------------------------------

@@ -255,3 +255,21 @@ def info_from_table(table: pd.DataFrame) -> dict[int, dict[str, float | str]]:
         if values:
             info[int(row.landmark_id)] = values
     return info
+
+
+def non_landmark_photos(folder: str | Path, what: str = "data.non_landmarks") -> list[Path]:
+    """The photos of a non-landmark bank folder (any depth), sorted; one sentence when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{what}={folder} is not a folder of photos.")
+    photos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not photos:
+        raise DataError(f"No photos ({', '.join(IMAGE_SUFFIXES)}) found in {what}={folder}.")
+    return photos
+
+
+def non_landmark_id(folder: str | Path, photo: str | Path) -> str:
+    """The reference id of a bank photo: its path inside the bank folder, so that two IMG_0001.jpg in two
+    sub-folders are two references."""
+    return f"non-landmark:{Path(photo).relative_to(Path(folder)).as_posix()}"
+

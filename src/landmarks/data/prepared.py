@@ -12,7 +12,6 @@ from landmarks.config import Config
 from landmarks.data.catalog import INFO_COLUMNS, read_catalog
 from landmarks.data.images import ImageCache
 from landmarks.data.sampling import sample_top_landmarks, stratified_split
-from landmarks.utils import atomic_path
 
 
 @dataclass
@@ -56,13 +55,17 @@ def prepare_data(config: Config, data_dir: Path) -> PreparedData:
     return PreparedData(frame, names, landmark_ids, cache, info)
 
 
-def write_labels(data: PreparedData, run_dir: Path) -> None:
-    """``labels.csv``: class_index, landmark_id, name, and the info columns the data has (latitude, longitude, url,
-    description; empty where a landmark has none)."""
+def labels_table(data: PreparedData) -> pd.DataFrame:
+    """The run's labels: class_index, landmark_id, name, and the info columns the data has (latitude, longitude,
+    url, description; empty where a landmark has none)."""
     labels = pd.DataFrame({"class_index": np.arange(data.num_classes), "landmark_id": data.landmark_ids,
                            "name": [data.names[int(i)] for i in data.landmark_ids]})
     for column in INFO_COLUMNS:
         if any(column in data.info.get(int(i), {}) for i in data.landmark_ids):
             labels[column] = [data.info.get(int(i), {}).get(column, "") for i in data.landmark_ids]
-    with atomic_path(run_dir / "labels.csv") as tmp:
-        labels.to_csv(tmp, index=False)
+    return labels
+
+
+def split_table(data: PreparedData) -> pd.DataFrame:
+    """Every photo, its split and whether it could be read."""
+    return data.frame[["id", "path", "landmark_id", "split"]].assign(valid=data.cache.valid)

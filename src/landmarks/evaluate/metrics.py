@@ -6,6 +6,8 @@ means "no landmark": in the truth, a query that shows none; in a prediction, an 
 
 from __future__ import annotations
 
+import math
+from statistics import NormalDist
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -184,3 +186,86 @@ def confused_pairs(
             "count": pairs["count"].to_numpy(dtype=np.int64),
         }
     )
+def precision_coverage(confidences: np.ndarray, correct: np.ndarray, is_landmark: np.ndarray) -> dict[str, np.ndarray]:
+    """Per candidate threshold t (every distinct confidence, ascending): answers given (confidence >= t), their
+    precision, coverage (right answers / photos that show a known landmark) and the share of the other photos
+    answered with a landmark."""
+    confidences = np.asarray(confidences, dtype=np.float64)
+    correct = np.asarray(correct, dtype=bool)
+    is_landmark = np.asarray(is_landmark, dtype=bool)
+    thresholds = np.unique(confidences)
+    order = np.argsort(-confidences, kind="stable")
+    sorted_conf = confidences[order]
+    right_cum = np.cumsum(correct[order])
+    other_cum = np.cumsum(~is_landmark[order])
+    # answers at threshold t: every sample with confidence >= t
+    given = len(confidences) - np.searchsorted(sorted_conf[::-1], thresholds, side="left")
+    right = np.where(given > 0, right_cum[np.maximum(given - 1, 0)], 0)
+    others = np.where(given > 0, other_cum[np.maximum(given - 1, 0)], 0)
+    return {
+        "threshold": thresholds,
+        "answers": given,
+        "precision": np.divide(right, given, out=np.ones(len(given)), where=given > 0),
+        "coverage": right / max(1, int(is_landmark.sum())),
+        "false_landmark_rate": others / max(1, int((~is_landmark).sum())),
+    }
+
+
+def precision_lower_bound(right: np.ndarray, answers: np.ndarray, certainty: float) -> np.ndarray:
+    """One-sided Wilson lower bound of ``right / answers`` at ``certainty`` (0.5: the share itself; 1 where no answer)."""
+    right, answers = np.asarray(right, np.float64), np.asarray(answers, np.float64)
+    share = np.divide(right, answers, out=np.ones(len(answers)), where=answers > 0)
+    z = NormalDist().inv_cdf(certainty)
+    if z <= 0:
+        return share
+    n = np.maximum(answers, 1.0)
+    centre = share + z * z / (2 * n)
+    spread = z * np.sqrt(share * (1 - share) / n + z * z / (4 * n * n))
+    return np.where(answers > 0, (centre - spread) / (1 + z * z / n), 1.0)
+
+
+def reliability_bins(confidences: np.ndarray, correct: np.ndarray, bins: int = 10) -> dict[str, np.ndarray]:
+    """Equal-width bins of confidence: count, mean confidence and share right per bin (NaN where empty)."""
+    confidences = np.clip(np.asarray(confidences, dtype=np.float64), 0.0, 1.0)
+    correct = np.asarray(correct, dtype=np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidences, edges[1:-1]), 0, bins - 1)
+    count = np.bincount(which, minlength=bins).astype(np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(which, confidences, minlength=bins) / count
+        observed = np.bincount(which, correct, minlength=bins) / count
+    return {"edges": edges, "count": count, "mean_confidence": mean_confidence, "observed": observed}
+
+
+def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """Mean |confidence - share right| over equal-width bins, weighted by their counts (0 = calibrated)."""
+    table = reliability_bins(confidences, correct, bins)
+    filled = table["count"] > 0
+    if not filled.any():
+        return 0.0
+    gaps = np.abs(table["mean_confidence"][filled] - table["observed"][filled])
+    return float((gaps * table["count"][filled]).sum() / table["count"][filled].sum())
+
+
+def log_loss(confidences: np.ndarray, correct: np.ndarray) -> float:
+    p = np.clip(np.asarray(confidences, dtype=np.float64), 1e-6, 1 - 1e-6)
+    y = np.asarray(correct, dtype=np.float64)
+    return float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()) if len(y) else math.nan
+
+
+def known_answers(correct: np.ndarray, known: np.ndarray, is_landmark: np.ndarray) -> dict[str, float | int | None]:
+    """What the known answers are worth: a photo's answer is known when its confidence reached the threshold.
+
+    known_answers = #known; precision_of_known_answers = #(known and right) / #known; coverage = #(known and right) /
+    #photos that show a known landmark; non_landmark_named = #(known, photo shows no known landmark) / #such photos.
+    A share whose denominator is 0 is None. ``correct``: the answer is right (only a landmark photo's can be)."""
+    correct, known, is_landmark = (np.asarray(a, dtype=bool) for a in (correct, known, is_landmark))
+    _same_length(correct=correct, known=known, is_landmark=is_landmark)
+    right = known & correct & is_landmark
+    others = ~is_landmark
+    return {
+        "known_answers": int(known.sum()),
+        "precision_of_known_answers": float(right.sum() / known.sum()) if known.any() else None,
+        "coverage": float(right.sum() / is_landmark.sum()) if is_landmark.any() else None,
+        "non_landmark_named": float((known & others).sum() / others.sum()) if others.any() else None,
+    }

@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -23,9 +22,9 @@ from torch import nn
 from landmarks.data.images import decode_image
 from landmarks.errors import DataError
 from landmarks.evaluate.metrics import accuracy, global_average_precision
-from landmarks.models.registry import load_model
 from landmarks.recognize.embed import EMBEDDING, INPUT, LOGITS, OnnxEmbedder, TorchEmbedder
 from landmarks.recognize.recognizer import Recognizer
+from landmarks.run_folder import RunFolder
 from landmarks.utils import atomic_path
 
 log = logging.getLogger(__name__)
@@ -143,18 +142,18 @@ def quantize_int8(onnx_path: Path, out_path: Path, calibration: np.ndarray, batc
     return out_path
 
 
-def _sample_photos(run_dir: Path, split: str, limit: int | None) -> tuple[list[str], np.ndarray, list[str]]:
+def _sample_photos(run: RunFolder, split: str, limit: int | None) -> tuple[list[str], np.ndarray, list[str]]:
     """Paths, landmark ids and image ids of a run's photos from split.csv (only those that could be read)."""
-    frame = pd.read_csv(run_dir / "split.csv", dtype={"id": str})
+    frame = run.read_split()
     frame = frame[(frame["split"] == split) & frame["valid"]]
     if limit:
         frame = frame.head(limit)
     return frame["path"].tolist(), frame["landmark_id"].to_numpy(), frame["id"].tolist()
 
 
-def _recognizer_without(run_dir: Path, image_ids: list[str]) -> Recognizer:
+def _recognizer_without(run: RunFolder, image_ids: list[str]) -> Recognizer:
     """The run's trained Recognizer (PyTorch) whose index leaves out these photos, so that none of them finds itself."""
-    recognizer = Recognizer.load(run_dir, backend="torch", trained_only=True)
+    recognizer = Recognizer.load(run.path, backend="torch", trained_only=True)
     if recognizer.index is not None:
         excluded = set(image_ids)
         recognizer.index.remove([i for i, image_id in enumerate(recognizer.index.image_ids) if image_id in excluded])
@@ -170,41 +169,50 @@ def _split_metrics(recognizer: Recognizer, onnx_path: Path, paths: list[str], tr
     return {"accuracy": accuracy(predicted, truth), "gap": global_average_precision(predicted, confidence, truth)}
 
 
-def export_run(run_dir: Path, quantize: str | None = None, check_photos: int = 32) -> dict[str, object]:
-    """Export, then verify on real photos that ONNX Runtime and PyTorch agree; optionally an int8 model too."""
-    run_dir = Path(run_dir)
-    model = load_model(run_dir)
-    onnx_path = export_onnx(model, run_dir / "model.onnx")
-    report: dict[str, object] = {"model.onnx": str(onnx_path), "size_mb": round(onnx_path.stat().st_size / 1e6, 2)}
-    if not (run_dir / "split.csv").exists():
-        raise DataError(f"{run_dir} has no split.csv, so the export cannot be checked on real photos.")
-    paths = _sample_photos(run_dir, "val", check_photos)[0]
-    if len(paths) < check_photos:
-        paths += _sample_photos(run_dir, "train", check_photos - len(paths))[0]
-    photos = np.stack([decode_image(p, model.input_size_px) for p in paths])
+def check_agreement(model: nn.Module, onnx_path: Path, photos: np.ndarray) -> dict[str, str]:
+    """ONNX Runtime against PyTorch on real photos; one sentence when their embeddings differ by more than 1e-4."""
     torch_embedding, torch_logits = TorchEmbedder(model)(photos)
     onnx_embedding, onnx_logits = OnnxEmbedder(onnx_path)(photos)
     difference = float(np.abs(torch_embedding - onnx_embedding).max())
-    report["checked_photos"] = len(paths)
-    report["max_abs_diff_embedding"] = f"{difference:.2e}"
-    report["max_abs_diff_logits"] = f"{float(np.abs(torch_logits - onnx_logits).max()):.2e}"
     if difference > 1e-4:
-        raise DataError(f"ONNX Runtime and PyTorch disagree on real photos (max embedding difference {difference:.2e} > 1e-4).")
-    report["agreement"] = "ok (<= 1e-4)"
+        raise DataError(f"ONNX Runtime and PyTorch disagree on real photos (max embedding difference {difference:.2e} "
+                        "> 1e-4); no model.onnx was written.")
+    return {"max_abs_diff_embedding": f"{difference:.2e}",
+            "max_abs_diff_logits": f"{float(np.abs(torch_logits - onnx_logits).max()):.2e}", "agreement": "ok (<= 1e-4)"}
+
+
+def export_run(run_dir: Path, quantize: str | None = None, check_photos: int = 32) -> dict[str, object]:
+    """Export, then verify on real photos that ONNX Runtime and PyTorch agree; optionally an int8 model too.
+
+    Each model is written under a temporary name and renamed only once it passed its check: a failed check leaves
+    no model.onnx behind (and keeps an earlier one), so ``backend=auto`` never serves an unchecked model."""
+    run = RunFolder(run_dir)
+    run.require(RunFolder.MODEL, RunFolder.WEIGHTS, RunFolder.SPLIT)
+    model = run.load_model()
+    paths = _sample_photos(run, "val", check_photos)[0]
+    if len(paths) < check_photos:
+        paths += _sample_photos(run, "train", check_photos - len(paths))[0]
+    photos = np.stack([decode_image(p, model.input_size_px) for p in paths])
+    with run.staged(run.onnx) as staged:
+        export_onnx(model, staged)
+        report: dict[str, object] = {"checked_photos": len(paths), **check_agreement(model, staged, photos)}
+        report["size_mb"] = round(staged.stat().st_size / 1e6, 2)
+    report = {RunFolder.ONNX: str(run.onnx), **report}
     if quantize == "int8":
-        int8_path = run_dir / "model.int8.onnx"
-        calibration = _sample_photos(run_dir, "train", CALIBRATION_PHOTOS)[0]
-        quantize_int8(onnx_path, int8_path, np.stack([decode_image(p, model.input_size_px) for p in calibration]))
-        report["model.int8.onnx"] = f"{int8_path} ({int8_path.stat().st_size / 1e6:.2f} MB)"
+        calibration = _sample_photos(run, "train", CALIBRATION_PHOTOS)[0]
+        with run.staged(run.onnx_int8) as staged:
+            quantize_int8(run.onnx, staged, np.stack([decode_image(p, model.input_size_px) for p in calibration]))
+            size_mb = staged.stat().st_size / 1e6
+        report[RunFolder.ONNX_INT8] = f"{run.onnx_int8} ({size_mb:.2f} MB)"
         report["calibration_photos"] = len(calibration)
-        paths, truth, image_ids = _sample_photos(run_dir, "val", None)
+        paths, truth, image_ids = _sample_photos(run, "val", None)
         report["validation_photos"] = len(paths)
         if not paths:
             report["int8 check"] = "skipped: the run has no validation split to compare fp32 and int8 on"
             return report
-        recognizer = _recognizer_without(run_dir, image_ids)
-        fp32 = _split_metrics(recognizer, onnx_path, paths, truth)
-        int8 = _split_metrics(recognizer, int8_path, paths, truth)
+        recognizer = _recognizer_without(run, image_ids)
+        fp32 = _split_metrics(recognizer, run.onnx, paths, truth)
+        int8 = _split_metrics(recognizer, run.onnx_int8, paths, truth)
         report["fp32 accuracy / GAP"] = f"{fp32['accuracy']:.4f} / {fp32['gap']:.4f}"
         report["int8 accuracy / GAP"] = f"{int8['accuracy']:.4f} / {int8['gap']:.4f}"
         report["int8 change accuracy / GAP"] = f"{int8['accuracy'] - fp32['accuracy']:+.4f} / {int8['gap'] - fp32['gap']:+.4f}"

@@ -15,7 +15,7 @@ What the folder holds (``manifest.json`` lists it):
   Known non-landmark references (-1) are compacted the same way, with ``NON_LANDMARK_PROTOTYPES`` clusters;
 - ``landmarks.json``: id, name and, when the run knows them, latitude, longitude, url, description;
 - the scoring rule of ``Recognizer.score`` (kNN weight, k, classifier score, non-landmark penalty), the calibration
-  map when the run has ``calibration.json``, and the threshold of "no known landmark";
+  map when the run is calibrated (``scoring.json``), and the threshold of "no known landmark";
 - the page (``index.html``, ``live.js``, ``worker.js``, ``scoring.js``, ``sw.js``, ``live.css``) and the ONNX
   Runtime Web files under ``ort/`` (npm's ``onnxruntime-web``, installed by ``make web``; never a CDN).
 """
@@ -32,14 +32,16 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import faiss
 import numpy as np
 from PIL import Image
 
 from landmarks.data.catalog import NO_LANDMARK
 from landmarks.errors import ConfigError, DataError
-from landmarks.recognize.calibration import FEATURES
+from landmarks.recognize.confidence import FEATURES
 from landmarks.recognize.index import EmbeddingIndex
 from landmarks.recognize.recognizer import Recognizer
+from landmarks.run_folder import RunFolder
 from landmarks.utils import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -60,31 +62,17 @@ RUNTIME_MISSING = ("The live page needs ONNX Runtime Web: install Node.js and np
 # -- prototypes ---------------------------------------------------------------------------------------
 def spherical_kmeans(vectors: np.ndarray, clusters: int, iterations: int = KMEANS_ITERATIONS,
                      seed: int = 0) -> np.ndarray:
-    """Cluster assignment of each L2-normalised row (cosine k-means, k-means++ start, seeded)."""
+    """Cluster assignment of each L2-normalised row: FAISS's cosine k-means (``faiss.Kmeans(spherical=True)``)."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     count = len(vectors)
     clusters = max(1, min(clusters, count))
     if clusters == count:
         return np.arange(count)
-    rng = np.random.default_rng(seed)
-    centres = [vectors[rng.integers(count)]]
-    for _ in range(1, clusters):  # k-means++ on the cosine distance
-        distance = np.clip(1.0 - np.max(vectors @ np.stack(centres).T, axis=1), 0.0, None)
-        total = distance.sum()
-        pick = rng.choice(count, p=distance / total) if total > 0 else rng.integers(count)
-        centres.append(vectors[pick])
-    centre_matrix = np.stack(centres)
-    assignment = np.zeros(count, dtype=np.int64)
-    for _ in range(iterations):
-        new_assignment = np.argmax(vectors @ centre_matrix.T, axis=1)
-        if _ and np.array_equal(new_assignment, assignment):
-            break
-        assignment = new_assignment
-        for c in range(clusters):
-            members = vectors[assignment == c]
-            if len(members):
-                mean = members.sum(axis=0)
-                centre_matrix[c] = mean / max(float(np.linalg.norm(mean)), 1e-12)
-    return assignment
+    kmeans = faiss.Kmeans(vectors.shape[1], clusters, niter=iterations, seed=seed, spherical=True,
+                          min_points_per_centroid=1, verbose=False)
+    kmeans.train(vectors)
+    _, assignment = kmeans.index.search(vectors, 1)
+    return assignment[:, 0].astype(np.int64)
 
 
 def compact_references(embeddings: np.ndarray, landmark_ids: np.ndarray, per_landmark: int = PROTOTYPES_PER_LANDMARK,
@@ -139,10 +127,11 @@ def with_prototypes(recognizer: Recognizer, prototypes: np.ndarray, landmark_ids
 # -- the bundle ---------------------------------------------------------------------------------------
 def device_model(run_dir: Path) -> tuple[Path, str]:
     """The run's model for the device: (path, "int8" or "fp32")."""
-    for name, variant in (("model.int8.onnx", "int8"), ("model.onnx", "fp32")):
-        if (Path(run_dir) / name).is_file():
-            return Path(run_dir) / name, variant
-    raise DataError(f"{run_dir} has no model.onnx; run `landmarks export {run_dir} --quantize int8` first.")
+    run = RunFolder(run_dir)
+    for path, variant in ((run.onnx_int8, "int8"), (run.onnx, "fp32")):
+        if path.is_file():
+            return path, variant
+    raise DataError(f"{run_dir} has no {RunFolder.ONNX}; run `landmarks export {run_dir} --quantize int8` first.")
 
 
 def page_dir() -> Path:
@@ -171,7 +160,7 @@ def threshold_of(recognizer: Recognizer) -> tuple[float, str]:
     """The "no known landmark" threshold the Recognizer applies (``recognize.min_confidence``, which training sets
     to the calibrated threshold when the run is calibrated) and where it comes from."""
     calibrated = recognizer.calibration is not None
-    return float(recognizer.config.min_confidence), "calibration.json" if calibrated else "recognize.min_confidence"
+    return float(recognizer.config.min_confidence), "scoring.json (calibrated)" if calibrated else "scoring.json"
 
 
 def scoring_rule(recognizer: Recognizer) -> dict[str, object]:

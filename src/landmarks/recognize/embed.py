@@ -14,7 +14,7 @@ import torch
 
 from landmarks.data.images import decode_image
 from landmarks.errors import DataError, ImageError
-from landmarks.models.registry import load_model
+from landmarks.run_folder import RunFolder
 from landmarks.utils import progress
 
 log = logging.getLogger(__name__)
@@ -93,14 +93,13 @@ class OnnxEmbedder:
         return embedding.astype(np.float32), logits.astype(np.float32)
 
 
-def load_embedder(run_dir: Path, backend: str = "auto", tta_flip: bool = False) -> Embedder:
+def load_embedder(run: RunFolder, backend: str = "auto", tta_flip: bool = False) -> Embedder:
     """The embedder of a run folder: ONNX Runtime when asked or when model.onnx exists, else PyTorch."""
-    onnx_path = Path(run_dir) / "model.onnx"
-    if backend == "onnx" or (backend == "auto" and onnx_path.exists()):
-        if not onnx_path.exists():
-            raise DataError(f"{run_dir} has no model.onnx; run `landmarks export {run_dir}` first.")
-        return OnnxEmbedder(onnx_path, tta_flip=tta_flip)
-    return TorchEmbedder(load_model(Path(run_dir)), tta_flip=tta_flip)
+    if backend == "onnx" or (backend == "auto" and run.onnx.exists()):
+        if not run.onnx.exists():
+            raise DataError(f"{run.path} has no {RunFolder.ONNX}; run `landmarks export {run.path}` first.")
+        return OnnxEmbedder(run.onnx, tta_flip=tta_flip)
+    return TorchEmbedder(run.load_model(), tta_flip=tta_flip)
 
 
 def decode_batches(

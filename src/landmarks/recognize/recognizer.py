@@ -6,50 +6,22 @@ predict, submit, evaluate and the web service all go through it; none re-impleme
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 
-from landmarks.config import RecognizeConfig, load_run_config
+from landmarks.config import RecognizeConfig
 from landmarks.data.catalog import NO_LANDMARK, NO_LANDMARK_NAME, info_from_table
-from landmarks.errors import DataError
-from landmarks.models.registry import read_model_meta
-from landmarks.recognize.calibration import Calibration
+from landmarks.recognize.confidence import Calibration, is_known
 from landmarks.recognize.embed import Embedder, embed_paths, load_embedder
 from landmarks.recognize.geo import Location, rescore
 from landmarks.recognize.index import EmbeddingIndex
+from landmarks.recognize.prediction import Candidate, Neighbour, Prediction
+from landmarks.run_folder import RunFolder
 from landmarks.store import ReferenceChanges, read_reference_changes
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Candidate:
-    landmark_id: int
-    name: str
-    score: float
-
-
-@dataclass
-class Neighbour:
-    image_id: str
-    landmark_id: int
-    similarity: float
-
-
-@dataclass
-class Prediction:
-    """The best landmark for a photo, its confidence in [0, 1], the runners-up and the nearest reference photos."""
-
-    landmark_id: int
-    name: str
-    confidence: float
-    candidates: list[Candidate] = field(default_factory=list)
-    neighbours: list[Neighbour] = field(default_factory=list)
-    known: bool = True  # False when the confidence is below recognize.min_confidence: "no known landmark"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -90,22 +62,19 @@ class Recognizer:
 
         The references are the trained ones plus what the web service approved since (``RUN/store.sqlite``: enrolled
         landmarks, added photos, removed and moved ones); ``trained_only`` leaves the store out."""
-        run_dir = Path(run_dir)
-        if not run_dir.is_dir():
-            raise DataError(f"Run folder {run_dir} does not exist.")
-        for required in ("model.json", "labels.csv"):
-            if not (run_dir / required).exists():
-                raise DataError(f"{run_dir} is not a run folder: {required} is missing.")
-        config = load_run_config(run_dir).recognize
+        run = RunFolder(run_dir)
+        run.require(RunFolder.MODEL, RunFolder.LABELS)
+        scoring = run.read_scoring()
+        config = scoring.recognize
         if tta_flip is not None:
             config.tta_flip = tta_flip
-        logit_scale = read_model_meta(run_dir)["head"]["logit_scale"]
-        embedder = load_embedder(run_dir, backend, config.tta_flip)
-        labels = pd.read_csv(run_dir / "labels.csv")
+        logit_scale = run.read_model_meta()["head"]["logit_scale"]
+        embedder = load_embedder(run, backend, config.tta_flip)
+        labels = run.read_labels()
         names = {int(l): str(n) for l, n in zip(labels["landmark_id"], labels["name"])}
-        index = EmbeddingIndex.load(run_dir / "index") if (run_dir / "index" / "index.faiss").exists() else None
-        recognizer = cls(embedder, labels["landmark_id"].to_numpy(), names, index, config, run_dir, logit_scale)
-        recognizer.calibration = Calibration.load(run_dir)
+        recognizer = cls(embedder, labels["landmark_id"].to_numpy(), names, run.load_index(), config, run.path,
+                         logit_scale)
+        recognizer.calibration = scoring.calibration
         recognizer.info = info_from_table(labels)
         if not trained_only:
             recognizer.apply_changes(read_reference_changes(run_dir))
@@ -250,7 +219,7 @@ class Recognizer:
             best = candidates[0] if candidates else Candidate(NO_LANDMARK, NO_LANDMARK_NAME, 0.0)
             results.append(
                 Prediction(
-                    best.landmark_id, best.name, best.score, candidates, neighbours, best.score >= cfg.min_confidence
+                    best.landmark_id, best.name, best.score, candidates, neighbours, is_known(best.score, cfg.min_confidence)
                 )
             )
         if self.calibration is not None:
@@ -276,4 +245,4 @@ class Recognizer:
             prediction.candidates = rescore(prediction.candidates, location, coordinates, radius)
             best = prediction.candidates[0]
             prediction.landmark_id, prediction.name, prediction.confidence = best.landmark_id, best.name, best.score
-            prediction.known = best.score >= self.config.min_confidence
+            prediction.known = is_known(best.score, self.config.min_confidence)

@@ -13,11 +13,11 @@ from typing import Sequence
 
 import numpy as np
 
-from landmarks.data.catalog import read_catalog
+from landmarks.data.catalog import NO_LANDMARK, non_landmark_id, non_landmark_photos, read_catalog
 from landmarks.errors import DataError
-from landmarks.data.catalog import IMAGE_SUFFIXES, NO_LANDMARK
 from landmarks.recognize.embed import Embedder, embed_paths, load_embedder
 from landmarks.recognize.index import EmbeddingIndex
+from landmarks.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,12 @@ def merge_shards(files: Sequence[Path], index_type: str = "auto") -> EmbeddingIn
 def add_non_landmarks(run_dir: Path, folder: Path, backend: str = "auto") -> tuple[int, int]:
     """Add the photos under ``folder`` (showing no known landmark) to the run's index as landmark -1, so that a
     query close to one of them loses confidence; returns (photos added, unreadable photos skipped)."""
-    photos = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not photos:
-        raise DataError(f"No photos ({', '.join(IMAGE_SUFFIXES)}) found in {folder}.")
-    index = EmbeddingIndex.load(Path(run_dir) / "index")
-    embeddings, _, valid, failures = embed_paths(load_embedder(Path(run_dir), backend), photos, desc="non-landmarks")
-    kept = [f"non-landmark:{p.name}" for p, ok in zip(photos, valid) if ok]
+    photos = non_landmark_photos(folder, "--non-landmarks")
+    run = RunFolder(run_dir)
+    run.require(RunFolder.INDEX)
+    index = run.load_index()
+    embeddings, _, valid, failures = embed_paths(load_embedder(run, backend), photos, desc="non-landmarks")
+    kept = [non_landmark_id(folder, p) for p, ok in zip(photos, valid) if ok]
     index.add(embeddings, kept, [NO_LANDMARK] * len(kept))
-    index.save(Path(run_dir) / "index")
+    run.save_index(index)
     return len(kept), len(failures)

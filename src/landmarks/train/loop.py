@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,9 +15,12 @@ from torch.utils.data import DataLoader, TensorDataset
 from landmarks.config import Config
 from landmarks.data.augment import CachedImageDataset, build_train_transform, class_balanced_sampler, class_weights
 from landmarks.data.prepared import PreparedData
-from landmarks.models.registry import LandmarkModel, build_model, model_meta
+from landmarks.models.landmark_model import LandmarkModel
+from landmarks.models.meta import model_meta
+from landmarks.models.registry import build_model
 from landmarks.train import distributed
-from landmarks.utils import atomic_torch_save, progress
+from landmarks.run_folder import RunFolder
+from landmarks.utils import progress
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +52,10 @@ def _last_batch_of_one(count: int, batch_size: int) -> bool:
 class Trainer:
     """Runs epochs over a prepared dataset and keeps the run folder up to date."""
 
-    def __init__(self, config: Config, data: PreparedData, run_dir: Path):
+    def __init__(self, config: Config, data: PreparedData, run: RunFolder):
         self.config = config
         self.data = data
-        self.run_dir = run_dir
+        self.run = run
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         train_labels = data.frame["class_index"].to_numpy()[data.indices("train")]
         self.class_counts = np.bincount(train_labels, minlength=data.num_classes)
@@ -247,7 +249,6 @@ class Trainer:
     def fit(self) -> None:
         """Train until the epoch budget, early stopping or the time budget ends it."""
         cfg = self.config.train
-        checkpoints = self.run_dir / "checkpoints"
         has_val = len(self.data.indices("val")) > 0
         started = time.monotonic() - sum(row["seconds"] for row in self.history)
         for epoch in range(self.start_epoch, cfg.epochs + 1):
@@ -281,10 +282,10 @@ class Trainer:
                 self.epochs_without_improvement += 1
             if distributed.is_main():
                 if improved:
-                    atomic_torch_save({"meta": model_meta(self.model, self.config.model), "model": self.model.state_dict()},
-                                      checkpoints / "best.pt")
-                atomic_torch_save(self.checkpoint(), checkpoints / "last.pt")
-                pd.DataFrame(self.history).to_csv(self.run_dir / "history.csv", index=False)
+                    self.run.save_checkpoint({"meta": model_meta(self.model, self.config.model),
+                                              "model": self.model.state_dict()}, "best")
+                self.run.save_checkpoint(self.checkpoint(), "last")
+                self.run.write_table(RunFolder.HISTORY, pd.DataFrame(self.history))
             log.info(
                 "epoch %d/%d  loss %.4f  acc %.3f  val_loss %.4f  val_acc %.3f  %.1fs (%.0f img/s)%s",
                 epoch, cfg.epochs, row["train_loss"], row["train_accuracy"], row["val_loss"], row["val_accuracy"],
@@ -298,10 +299,10 @@ class Trainer:
                 log.info("time budget of %.1f minutes reached", cfg.max_minutes)
                 break
         if not self.history and distributed.is_main():  # nothing to train (epochs 0): an empty history
-            pd.DataFrame(columns=["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
-                                  "train_seconds", "images_per_second", "backbone_frozen"]).to_csv(
-                self.run_dir / "history.csv", index=False)
-        best = checkpoints / "best.pt"
+            self.run.write_table(RunFolder.HISTORY, pd.DataFrame(columns=[
+                "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds", "train_seconds",
+                "images_per_second", "backbone_frozen"]))
+        best = self.run.checkpoint("best")
         if best.exists():
             self.model.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["model"])
 

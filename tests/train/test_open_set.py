@@ -1,23 +1,19 @@
-"""Calibration samples from a probe Recognizer: hidden landmarks, self left out, non-landmark photos, the threshold."""
+"""The calibration answers of a run: leave-out probes, calibration models, the non-landmark bank."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from landmarks.config import RecognizeConfig
-from landmarks.evaluate.calibrate import (
-    HELD_OUT,
-    HIDDEN,
-    NON_LANDMARK_PHOTO,
-    CalibrationSamples,
-    calibrate,
-    gather_samples,
-    probe_recognizer,
-)
-from landmarks.recognize.calibration import FEATURES
+from landmarks.train.open_set import split_non_landmark_bank
+from landmarks.train.open_set import CalibrationSamples, HELD_OUT, HIDDEN, NON_LANDMARK_PHOTO, calibrate, gather_samples, probe_recognizer
+from landmarks.recognize.confidence import FEATURES
 from landmarks.recognize.index import EmbeddingIndex
 from landmarks.recognize.recognizer import Recognizer
+from landmarks.run_folder import RunFolder
 from tests_helpers import FixedEmbedder, unit
 
 
@@ -82,19 +78,18 @@ def test_calibrate_chooses_the_threshold_and_records_what_it_saw():
     assert calibration.fitted_on == {HELD_OUT: 5, HIDDEN: 2, NON_LANDMARK_PHOTO: 1}
     assert calibration.measured["precision_of_known_answers"] == 1.0
     assert calibration.measured["coverage"] == pytest.approx(4 / 5)
-    assert calibration.measured["non_landmark_photos_named"] == 0.0
+    assert calibration.measured["non_landmark_named"] == 0.0
     as_before = calibrate(samples, "none", None, 0.3)
     assert as_before.threshold == 0.3 and as_before.method == "none"
 
 
 def test_a_trained_run_is_calibrated_and_its_recognizer_uses_it(tiny_run_dir):
-    from landmarks.config import load_run_config
-    from landmarks.recognize.calibration import Calibration
+    from landmarks.run_folder import RunFolder
 
-    calibration = Calibration.load(tiny_run_dir)
+    calibration = RunFolder(tiny_run_dir).read_scoring().calibration
     assert calibration is not None and calibration.method in ("platt", "none")
     assert calibration.fitted_on[HELD_OUT] == calibration.fitted_on[HIDDEN] > 0
-    assert load_run_config(tiny_run_dir).recognize.min_confidence == pytest.approx(calibration.threshold, abs=1e-6)
+    assert RunFolder(tiny_run_dir).read_scoring().recognize.min_confidence == pytest.approx(calibration.threshold, abs=1e-6)
     for plot in ("reliability.png", "precision_coverage.png"):
         assert (tiny_run_dir / "plots" / plot).stat().st_size > 10_000
     loaded = Recognizer.load(tiny_run_dir, backend="torch")
@@ -102,10 +97,10 @@ def test_a_trained_run_is_calibrated_and_its_recognizer_uses_it(tiny_run_dir):
 
 
 def test_training_with_a_non_landmark_bank_splits_it_into_references_and_negatives(tmp_path):
-    from conftest import build_tiny_gldv2, make_photo
+    from tests_helpers import build_tiny_gldv2, make_photo
 
     from landmarks.config import load_config
-    from landmarks.recognize.calibration import Calibration, split_non_landmark_bank
+    from landmarks.train.open_set import split_non_landmark_bank
     from landmarks.train.run import train
 
     data = build_tiny_gldv2(tmp_path / "gld")
@@ -120,15 +115,14 @@ def test_training_with_a_non_landmark_bank_splits_it_into_references_and_negativ
     loaded = Recognizer.load(run, backend="torch")
     in_index = {i for i, l in zip(loaded.index.image_ids, loaded.index.landmark_ids_at(range(len(loaded.index))))
                 if l == -1}
-    assert in_index == {f"non-landmark:{p.name}" for p in references}
-    assert Calibration.load(run).fitted_on[NON_LANDMARK_PHOTO] == len(negatives)
+    assert in_index == {f"non-landmark:kitchen/{p.name}" for p in references}  # the path inside the bank
+    assert RunFolder(run).read_scoring().calibration.fitted_on[NON_LANDMARK_PHOTO] == len(negatives)
 
 
 def test_an_arcface_run_is_calibrated_by_a_model_that_never_saw_some_landmarks(tmp_path):
-    from conftest import build_tiny_gldv2, make_photo
+    from tests_helpers import build_tiny_gldv2, make_photo
 
     from landmarks.config import load_config
-    from landmarks.recognize.calibration import Calibration
     from landmarks.train.run import train
 
     data = build_tiny_gldv2(tmp_path / "gld")
@@ -140,7 +134,7 @@ def test_an_arcface_run_is_calibrated_by_a_model_that_never_saw_some_landmarks(t
                  "train.max_minutes=none", "data.val_fraction=0.25", f"data.cache_dir={tmp_path / 'cache'}",
                  f"data.non_landmarks={bank}"]
     run = train(load_config("glr", overrides), data, tmp_path / "run")
-    calibration = Calibration.load(run)
+    calibration = RunFolder(run).read_scoring().calibration
     assert "calibration model" in calibration.fitted_on["queries"]
     # 4 landmarks, one hidden from each of the 6 calibration models: each answers about the 9 validation photos
     # of the 3 landmarks it knows, as many photos of the hidden one, and the bank's negatives
@@ -155,7 +149,7 @@ def test_a_calibration_model_whitens_its_descriptor_on_the_photos_it_learns_from
     import torch
 
     from landmarks.config import load_config
-    from landmarks.evaluate.calibrate import train_calibration_model
+    from landmarks.train.open_set import train_calibration_model
 
     config = load_config("glr", ["model.embedding_dim=8", "model.descriptor_dims=4", "train.epochs=1",
                                  "train.batch_size=4"])
@@ -171,38 +165,11 @@ def test_a_calibration_model_whitens_its_descriptor_on_the_photos_it_learns_from
     assert train_calibration_model(pooled, np.repeat([0, 1, 2], 4), 3, config, seed=1).descriptor is None
 
 
-def test_captured_features_give_back_what_the_model_embeds_with_a_descriptor_of_its_own_stage():
-    """capture_pooled records the neck's input then the descriptor's (its stage); PooledArcFace splits them again, so
-    finish_run's recomputed index and the calibration models see what the model itself gives."""
-    import torch
-
-    from landmarks.config import ModelConfig
-    from landmarks.evaluate.calibrate import PooledArcFace, capture_pooled, own_descriptor_features, pooled_views
-    from landmarks.models.registry import build_model
-    from landmarks.recognize.embed import TorchEmbedder
-
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem", embedding_dim=8,
-                                    descriptor_dims=4, descriptor_stage=2), num_classes=3, image_size_px=32).eval()
-    photos = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
-    embedder = TorchEmbedder(model, tta_flip=True)
-    with capture_pooled(model) as calls:
-        embedder(photos)
-    (pooled,) = pooled_views(calls, [6], tta_flip=True)
-    assert pooled.shape == (6, 2, model.backbone.num_features + 32)
-    model.head.descriptor.fit(pooled[:, :, -32:].reshape(-1, 32))
-    expected, expected_logits = embedder(photos)
-    embeddings, logits = PooledArcFace.of_model(model)(pooled)
-    np.testing.assert_allclose(embeddings, expected, atol=1e-5)
-    np.testing.assert_allclose(logits, expected_logits, atol=1e-4)
-    assert own_descriptor_features(model) == 32
-
-
 def test_a_calibration_model_whitens_the_descriptors_own_features_when_it_has_a_stage():
     import torch
 
     from landmarks.config import load_config
-    from landmarks.evaluate.calibrate import train_calibration_model
+    from landmarks.train.open_set import train_calibration_model
 
     config = load_config("glr", ["model.embedding_dim=8", "model.descriptor_dims=3", "model.descriptor_stage=2",
                                  "train.epochs=1", "train.batch_size=4"])
@@ -213,3 +180,22 @@ def test_a_calibration_model_whitens_the_descriptors_own_features_when_it_has_a_
     assert model.neck.layers[0].in_features == 16 and torch.allclose(model.descriptor.center, expected, atol=1e-6)
     embeddings, _ = model(pooled)
     assert embeddings.shape == (12, 8 + 3) and np.abs(embeddings[:, 8:]).sum() > 0
+
+
+def test_bank_split_is_disjoint_deterministic_and_by_content(tmp_path: Path):
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    for i in range(200):
+        (bank / f"{i:03d}.jpg").write_bytes(f"photo {i}".encode())
+    paths = sorted(bank.iterdir())
+    references, negatives = split_non_landmark_bank(paths, 0.5, seed=1)
+    assert set(references).isdisjoint(negatives) and set(references) | set(negatives) == set(paths)
+    assert 70 < len(references) < 130
+    assert split_non_landmark_bank(list(reversed(paths)), 0.5, seed=1) == (references, negatives)
+    assert split_non_landmark_bank(paths, 0.5, seed=2) != (references, negatives)
+    # renaming a photo or adding others does not move it
+    renamed = bank / "zzz.jpg"
+    references[0].rename(renamed)
+    (bank / "new.jpg").write_bytes(b"another photo")
+    moved_references, _ = split_non_landmark_bank(sorted(bank.iterdir()), 0.5, seed=1)
+    assert renamed in moved_references and set(references[1:]) <= set(moved_references)

@@ -1,53 +1,66 @@
-"""Calibrating a run after training: answers on photos the weights never learned from, the fitted map, the threshold.
+"""The calibration answers of a run: how it answers photos its weights never learned from, after training.
 
-``gather_samples`` asks a probe Recognizer (same model and settings, an index of the training photos only, plus
-the non-landmark references) about held-out photos, about the same photos with their landmark hidden (see
-``landmarks.recognize.calibration``), and about non-landmark photos; ``calibrate`` fits the map and chooses
-``recognize.min_confidence``; ``calibrate_after_training`` does all of it for ``finish_run`` and writes
-``calibration.json``, ``plots/reliability.png`` and ``plots/precision_coverage.png``.
+A run's confidence map (``landmarks.recognize.confidence``) is fitted on answers about:
+
+- **held-out photos** (the validation split) searched against the training photos only: right or wrong answers;
+- **hidden landmarks**, photos of landmarks the answering model was never trained on (every answer is wrong), in
+  one of two ways (``recognize.hidden_landmarks``):
+  ``model`` (ArcFace heads): ``CALIBRATION_MODELS`` calibration models, fresh necks and ArcFace heads each trained
+  (``landmarks.train.loop.train_head``, the run's optimiser and schedule) on the run's pooled backbone features of a
+  random three quarters of the landmarks, answer about the validation photos of those and about photos of the
+  quarter they never saw, as ``benchmarks/bench_open_set.py`` hides landmarks; seconds of training, since the
+  features were captured while finishing the run embedded its photos (``landmarks.train.pooled``).
+  ``leave-out`` (other heads, or asked for): the held-out photos asked again with their own landmark left out of
+  the candidates (its reference photos dropped from the kNN, its classifier column removed). Exact for weights
+  that never saw the photos (``baseline-knn``), optimistic for trained ones (on the proxy, with the bank, glr's
+  known answers were right 73 % of the time at a threshold chosen for 95 %; 92 % with the calibration models);
+- **non-landmark photos** from a bank (``data.non_landmarks=DIR``), the part of it that is not in the index
+  (``split_non_landmark_bank``): every answer is wrong.
+
+"Probability" is relative to that mix (about one hidden-landmark photo per held-out photo, plus the bank).
+``calibrate_after_training`` gathers the answers, fits the map and the threshold (``landmarks.train.fit_confidence``)
+and writes the calibration plots; ``landmarks.train.finish`` stores the result in ``scoring.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from landmarks.config import Config, dump_config
-from landmarks.data.catalog import IMAGE_SUFFIXES, NO_LANDMARK
+from landmarks.config import Config
+from landmarks.data.catalog import NO_LANDMARK, non_landmark_id, non_landmark_photos
 from landmarks.data.prepared import PreparedData
-from landmarks.errors import DataError
-from landmarks.evaluate import plots
+from landmarks.evaluate import metrics, plots
 from landmarks.models.heads import GLRNeck, SubCenterArcFace, WhitenedDescriptor, dynamic_margins
-from landmarks.recognize.calibration import (
-    FEATURES,
-    Calibration,
-    choose_threshold,
-    expected_calibration_error,
-    fit_calibration,
-    log_loss,
-    prediction_features,
-    split_non_landmark_bank,
-)
-from landmarks.recognize.embed import Embedder, embed_paths, l2_normalize
+from landmarks.recognize.confidence import FEATURES, Calibration, prediction_features
+from landmarks.recognize.embed import Embedder, embed_paths
 from landmarks.recognize.index import EmbeddingIndex
-from landmarks.recognize.recognizer import Prediction, Recognizer
+from landmarks.recognize.prediction import Prediction
+from landmarks.recognize.recognizer import Recognizer
+from landmarks.run_folder import RunFolder
+from landmarks.train.fit_confidence import choose_threshold, fit_calibration
+from landmarks.train.pooled import PooledArcFace, capture_pooled, own_descriptor_features, pooled_views, split_pooled
 
 log = logging.getLogger(__name__)
 
 HELD_OUT, HIDDEN, NON_LANDMARK_PHOTO = "held-out photo", "hidden landmark", "non-landmark photo"
+
 HIDDEN_FRACTION = 0.25  # landmarks a calibration model never sees, as bench_open_set.py hides them
+
 CALIBRATION_MODELS = 6  # calibration models, each hiding another random quarter (one alone: a threshold that varies a
 # lot with the quarter drawn; on the proxy, 6 together brought glr's known answers from 83 % to 92 % right)
-MAX_CAPTURED_PHOTOS = 200_000  # above this many training photos, hidden landmarks are left out instead
+
 _NOTHING_HIDDEN = np.iinfo(np.int64).min
+NON_LANDMARK_REFERENCE_FRACTION = 0.5  # share of a non-landmark bank that becomes references (-1), the rest negatives
 
 
 class LeaveOutRecognizer(Recognizer):
@@ -96,7 +109,6 @@ class LeaveOutRecognizer(Recognizer):
         finally:
             self.hidden = self.excluded = None
 
-
 @dataclass
 class CalibrationSamples:
     """One row per answer on calibration photos: the fused-score features, whether the answer was right, whether
@@ -122,14 +134,12 @@ class CalibrationSamples:
         return frame.assign(correct=self.correct.astype(int), is_landmark=self.is_landmark.astype(int),
                             source=self.source)
 
-
 def probe_recognizer(recognizer: Recognizer, embeddings: np.ndarray, image_ids: Sequence[str],
                      landmark_ids: Sequence[int] | np.ndarray) -> LeaveOutRecognizer:
     """A LeaveOutRecognizer with ``recognizer``'s model and settings over these references only, uncalibrated."""
     index = EmbeddingIndex.build(np.asarray(embeddings, np.float32), list(image_ids), np.asarray(landmark_ids), "flat")
     return LeaveOutRecognizer(recognizer.embedder, recognizer.class_landmark_ids, recognizer.names, index,
                               copy.deepcopy(recognizer.config), logit_scale=recognizer.logit_scale)
-
 
 def gather_samples(
     probe: LeaveOutRecognizer,
@@ -169,7 +179,6 @@ def gather_samples(
     return CalibrationSamples(np.concatenate(features), np.concatenate(correct), np.concatenate(is_landmark),
                               np.asarray(source, dtype=object))
 
-
 def calibrate(samples: CalibrationSamples, method: str, target_precision: float | None,
               default_threshold: float = 0.3, certainty: float = 0.5) -> Calibration:
     """Fit ``method`` on the samples and choose the threshold for ``target_precision`` with ``certainty`` (None:
@@ -187,66 +196,63 @@ def calibrate(samples: CalibrationSamples, method: str, target_precision: float 
     calibration.threshold = float(threshold)
     calibration.target_precision = target_precision
     calibration.fitted_on = samples.counts()
-    answered = confidences >= threshold
-    landmark_photos, others = int(samples.is_landmark.sum()), int((~samples.is_landmark).sum())
     calibration.measured = {
         "target_reached": reached,
-        "precision_of_known_answers": float(samples.correct[answered].mean()) if answered.any() else None,
-        "coverage": float(samples.correct[answered].sum() / landmark_photos) if landmark_photos else None,
-        "non_landmark_photos_named": float((answered & ~samples.is_landmark).sum() / others) if others else None,
-        "expected_calibration_error": expected_calibration_error(confidences, samples.correct),
-        "log_loss": log_loss(confidences, samples.correct),
+        **metrics.known_answers(samples.correct, confidences >= threshold, samples.is_landmark),
+        "expected_calibration_error": metrics.expected_calibration_error(confidences, samples.correct),
+        "log_loss": metrics.log_loss(confidences, samples.correct),
     }
     return calibration
 
 
-def write_calibration(run_dir: Path, calibration: Calibration, samples: CalibrationSamples) -> None:
-    """calibration.json, evaluation/calibration/samples.csv and the two plots of the run folder."""
-    calibration.save(run_dir)
-    out = run_dir / "evaluation" / "calibration"
+def write_calibration_answers(run: RunFolder, calibration: Calibration, samples: CalibrationSamples) -> None:
+    """evaluation/calibration/samples.csv (the answers with their confidence) and the two calibration plots."""
+    out = run.evaluation("calibration")
     out.mkdir(parents=True, exist_ok=True)
     confidences = calibration(samples.features)
     samples.to_frame().assign(confidence=confidences).to_csv(out / "samples.csv", index=False)
     plural = {HELD_OUT: "held-out photos", HIDDEN: "photos of hidden landmarks", NON_LANDMARK_PHOTO: "non-landmark photos"}
     what = ", ".join(f"{n} {plural.get(k, k)}" for k, n in calibration.fitted_on.items() if isinstance(n, int) and n)
-    plots.plot_reliability(confidences, samples.correct, run_dir / "plots" / "reliability.png",
+    plots.plot_reliability(confidences, samples.correct, run.plot("reliability.png"),
                            raw_scores=samples.features[:, 0], what=what)
     plots.plot_precision_coverage(confidences, samples.correct, samples.is_landmark, calibration.threshold,
-                                  run_dir / "plots" / "precision_coverage.png", calibration.target_precision, what=what)
+                                  run.plot("precision_coverage.png"), calibration.target_precision, what=what)
 
+def split_non_landmark_bank(
+    paths: Sequence[str | Path], reference_fraction: float = NON_LANDMARK_REFERENCE_FRACTION, seed: int = 0
+) -> tuple[list[Path], list[Path]]:
+    """Split a bank of non-landmark photos into (references, calibration negatives), never both.
 
-def bank_photos(folder: str | Path) -> list[Path]:
-    """The photos of a non-landmark bank folder (any depth)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise DataError(f"data.non_landmarks={folder} is not a folder of photos.")
-    photos = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not photos:
-        raise DataError(f"No photos ({', '.join(IMAGE_SUFFIXES)}) found in data.non_landmarks={folder}.")
-    return photos
+    Each photo goes by the SHA-1 of the seed and its bytes, so the split does not depend on the photos' names,
+    order or number: adding photos never moves the others."""
+    references, negatives = [], []
+    for path in sorted(Path(p) for p in paths):
+        digest = hashlib.sha1(f"{seed}:".encode() + path.read_bytes()).digest()
+        (references if int.from_bytes(digest[:8], "big") / 2**64 < reference_fraction else negatives).append(path)
+    return references, negatives
 
 
 def embed_bank(embedder: Embedder, folder: str | Path, seed: int) -> tuple[tuple, tuple]:
     """A bank split (``split_non_landmark_bank``) and embedded: ((embeddings, image ids) of the references,
     (embeddings, logits) of the calibration negatives)."""
-    references, negatives = split_non_landmark_bank(bank_photos(folder), seed=seed)
+    references, negatives = split_non_landmark_bank(non_landmark_photos(folder), seed=seed)
     ref_embeddings, _, valid, _ = embed_paths(embedder, references, desc="non-landmark references")
-    ref_ids = [f"non-landmark:{p.name}" for p, ok in zip(references, valid) if ok]
+    ref_ids = [non_landmark_id(folder, p) for p, ok in zip(references, valid) if ok]
     neg_embeddings, neg_logits, _, _ = embed_paths(embedder, negatives, desc="non-landmark negatives")
     return (ref_embeddings, ref_ids), (neg_embeddings, neg_logits)
 
 
-def calibrate_after_training(run_dir: Path, config: Config, data: PreparedData, recognizer: Recognizer,
+def calibrate_after_training(run: RunFolder, config: Config, data: PreparedData, recognizer: Recognizer,
                              splits: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
                              pooled_calls: list[np.ndarray] | None = None) -> Calibration | None:
-    """finish_run's calibration step; sets ``recognizer.calibration`` and returns it.
+    """finish_run's calibration step; sets ``recognizer.calibration`` and ``recognizer.config.min_confidence`` (what
+    scoring.json will hold) and returns the calibration.
 
     The non-landmark bank (``data.non_landmarks``) is split into references, added to ``recognizer``'s index as
     landmark -1, and calibration negatives. The hidden-landmark answers come from calibration models that never
     saw a quarter of the landmarks each (``recognize.hidden_landmarks=model``; ArcFace heads, whose pooled backbone
     features finish_run captured in ``pooled_calls`` while embedding the train, val and test splits) or else from
-    leaving each validation photo's own landmark out. ``recognize.min_confidence`` is set for
-    ``recognize.target_precision``. A run without a validation split is calibrated on its training photos (each
+    leaving each validation photo's own landmark out. The threshold is chosen for ``recognize.target_precision``. A run without a validation split is calibrated on its training photos (each
     left out of its own search) when its weights never trained on them (``train.epochs=0``), otherwise not at all."""
     ids, landmark_ids = data.frame["id"].to_numpy(), data.frame["landmark_id"].to_numpy()
     train_positions, train_embeddings, train_logits = splits["train"]
@@ -293,131 +299,19 @@ def calibrate_after_training(run_dir: Path, config: Config, data: PreparedData, 
     calibration = calibrate(samples, recognize.calibration, recognize.target_precision, recognize.min_confidence,
                             recognize.precision_certainty)
     calibration.fitted_on["queries"] = queries
-    write_calibration(run_dir, calibration, samples)
+    write_calibration_answers(run, calibration, samples)
     recognizer.calibration = calibration
-    config.recognize.min_confidence = round(calibration.threshold, 6)
-    dump_config(config, run_dir / "config.yaml")
+    recognizer.config.min_confidence = round(calibration.threshold, 6)
     measured = calibration.measured
     log.info("calibrated (%s) on %s: known answers from confidence %.3f: %s right, %s of landmark photos answered "
              "right, %s of the others named a landmark", calibration.method, calibration.fitted_on,
              calibration.threshold, _share(measured["precision_of_known_answers"]), _share(measured["coverage"]),
-             _share(measured["non_landmark_photos_named"]))
+             _share(measured["non_landmark_named"]))
     return calibration
 
 
 def _share(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.0%}"
-
-
-# -- hidden landmarks from a calibration model ------------------------------------------------------
-def has_arcface_neck(model: torch.nn.Module | None) -> bool:
-    """Whether ``model`` has the pooling -> neck -> ArcFace head a calibration model can be trained like."""
-    head = getattr(model, "head", None)
-    return hasattr(head, "neck") and hasattr(head, "arcface")
-
-
-@contextlib.contextmanager
-def capture_pooled(model: torch.nn.Module | None, photos: int = 0) -> Iterator[list[np.ndarray] | None]:
-    """While open, record the pooled backbone features an ArcFace head's neck receives, followed by those its
-    descriptor receives when it has its own (``model.descriptor_stage``), one array per forward call (with TTA
-    the calls alternate: photos, then their mirror images). None for other heads, and when ``photos`` is above
-    ``MAX_CAPTURED_PHOTOS`` (memory: 1280 floats a view)."""
-    if not has_arcface_neck(model) or photos > MAX_CAPTURED_PHOTOS:
-        yield None
-        return
-    calls: list[np.ndarray] = []
-
-    def described(_module: torch.nn.Module, _args: tuple, output: torch.Tensor) -> None:
-        calls[-1] = np.concatenate([calls[-1], output.detach().float().cpu().numpy()], axis=1)
-
-    handles = [model.head.neck.register_forward_pre_hook(
-        lambda _module, args: calls.append(args[0].detach().float().cpu().numpy()))]
-    if getattr(model.head, "descriptor_pool", None) is not None:
-        handles.append(model.head.descriptor_pool.register_forward_hook(described))
-    try:
-        yield calls
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def pooled_views(calls: list[np.ndarray], counts: Sequence[int], tta_flip: bool) -> list[np.ndarray]:
-    """The captured calls as one (photos, views, features) array per consecutive group of ``counts`` photos."""
-    views = 2 if tta_flip else 1
-    if not calls:
-        return [np.zeros((n, views, 0), np.float32) for n in counts]
-    stacked = np.stack([np.concatenate(calls[v::views]) for v in range(views)], axis=1)
-    if len(stacked) != sum(counts):
-        raise ValueError(f"captured {len(stacked)} photos' features, expected {sum(counts)}")
-    return np.split(stacked, np.cumsum(counts)[:-1])
-
-
-def own_descriptor_features(model: torch.nn.Module | None) -> int:
-    """How many of the features ``capture_pooled`` records for ``model`` are its descriptor's own input
-    (``model.descriptor_stage``, recorded after the neck's); 0 when the descriptor shares the neck's, or there is none."""
-    head = getattr(model, "head", None)
-    if getattr(head, "descriptor_stage", None) is None or head.descriptor is None:
-        return 0
-    return int(head.descriptor.center.numel())
-
-
-def split_pooled(pooled: np.ndarray, descriptor_features: int) -> tuple[np.ndarray, np.ndarray]:
-    """(the neck's input, the descriptor's input) of captured features (..., features): the last
-    ``descriptor_features`` are the descriptor's own; with 0 both get all of them."""
-    if not descriptor_features:
-        return pooled, pooled
-    return pooled[..., :-descriptor_features], pooled[..., -descriptor_features:]
-
-
-class PooledArcFace:
-    """An ArcFace head over pooled backbone features: (photos, views, features) -> the embeddings and logits the
-    run's TorchEmbedder would give (views averaged). The run's own head (``of_model``) or a calibration model,
-    a fresh neck and ArcFace head trained like the run's on the training photos of some landmarks only (the
-    others hidden from it, as ``benchmarks/bench_open_set.py`` hides them), with a descriptor of its own.
-
-    The features are what ``capture_pooled`` records (``split_pooled`` with ``descriptor_features``)."""
-
-    def __init__(self, neck: torch.nn.Module, arcface: torch.nn.Module, descriptor: WhitenedDescriptor | None = None,
-                 descriptor_features: int = 0):
-        self.neck, self.arcface, self.descriptor = neck.eval(), arcface.eval(), descriptor
-        self.descriptor_features = descriptor_features if descriptor is not None else 0
-
-    @classmethod
-    def of_model(cls, model: torch.nn.Module) -> "PooledArcFace":
-        head = model.head
-        return cls(head.neck, head.arcface, head.descriptor, own_descriptor_features(model))
-
-    @torch.no_grad()
-    def __call__(self, pooled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(photos, views, features) -> (L2-normalised embeddings averaged over views, logits averaged over views)."""
-        dim = self.arcface.weight.shape[1] + (self.descriptor.dims if self.descriptor is not None else 0)
-        if not len(pooled):
-            return np.zeros((0, dim), np.float32), np.zeros((0, self.arcface.num_classes), np.float32)
-        neck_input, descriptor_input = (torch.from_numpy(np.ascontiguousarray(part.reshape(-1, part.shape[-1]),
-                                                                             dtype=np.float32))
-                                        for part in split_pooled(pooled, self.descriptor_features))
-        neck = self.neck(neck_input)
-        logits = self.arcface(neck)
-        embedding = torch.nn.functional.normalize(neck, dim=1)
-        if self.descriptor is not None:
-            embedding = torch.nn.functional.normalize(torch.cat([embedding, self.descriptor(descriptor_input)], dim=1),
-                                                      dim=1)
-        views = pooled.shape[1]
-        embedding = embedding.view(len(pooled), views, -1).sum(1)
-        logits = logits.view(len(pooled), views, -1).mean(1)
-        return l2_normalize(embedding.numpy()), logits.numpy().astype(np.float32)
-
-
-def fit_descriptor(model: torch.nn.Module, pooled: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Fit the model's ``WhitenedDescriptor`` on the training photos' pooled features (``pooled["train"]``,
-    (photos, views, features)) and return every split's embeddings and logits as the fitted model gives them."""
-    descriptor = model.head.descriptor
-    head = PooledArcFace.of_model(model)
-    _, train = split_pooled(pooled["train"], head.descriptor_features)
-    kept = descriptor.fit(train.reshape(-1, train.shape[-1]))
-    log.info("descriptor: pooled features whitened to %d of %d dimensions (weight %.2f)", kept, descriptor.dims,
-             descriptor.weight)
-    return {split: head(views) for split, views in pooled.items()}
 
 
 def train_calibration_model(pooled: np.ndarray, class_index: np.ndarray, num_classes: int,

@@ -1,0 +1,138 @@
+"""Confidence: the map from the Recognizer's fused score to P(the answer is right), and "no known landmark".
+
+The fused score (``Recognizer.score``) ranks answers well but its scale means nothing: a selfie can score 0.4.
+After training, each run fits a map from that score (and, for the ``gate`` method, a few cheap features of the
+same prediction, ``prediction_features``) to the probability that the answer is right, on photos the weights never
+learned from (``landmarks.train.open_set`` gathers those answers, ``landmarks.train.fit_confidence`` fits the map
+and the threshold). This module applies what was fitted, at prediction time:
+
+- ``platt``: logistic regression on the fused score, ``p = 1 / (1 + exp(-(a * score + b)))`` with ``a > 0``:
+  strictly increasing, so answers keep their order and GAP cannot change;
+- ``isotonic``: pool-adjacent-violators on the fused score, interpolated linearly between the pooled blocks and
+  mixed with 0.1 % of the score itself so that it is strictly increasing (ties would reorder GAP's ranking);
+- ``gate``: logistic regression over ``FEATURES`` (score, margin to the second landmark, neighbour agreement,
+  nearest non-landmark photo, nearest photo of the answer); may reorder answers, so GAP may move either way;
+- ``none``: the fused score itself.
+
+A prediction is a known answer when its confidence reaches the threshold (``recognize.min_confidence``):
+``is_known``, the one place that decides it (the live page's ``scoring.js`` mirrors it). The map and the threshold
+are stored in the run's ``scoring.json`` (``landmarks.run_folder``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from landmarks.data.catalog import NO_LANDMARK
+from landmarks.errors import ConfigError
+from landmarks.recognize.prediction import Prediction
+
+METHODS = ("platt", "isotonic", "gate", "none")
+
+FEATURES = ("score", "margin", "agreement", "non_landmark_similarity", "knn_similarity")
+
+ISOTONIC_TILT = 1e-3  # weight of the score itself in the isotonic map, so that it is strictly increasing
+
+
+def is_known(confidence: float, min_confidence: float) -> bool:
+    """Whether an answer is given as a known landmark: its confidence reached the threshold (``known``)."""
+    return confidence >= min_confidence
+
+
+def prediction_features(predictions: Sequence[Prediction]) -> np.ndarray:
+    """(N, len(FEATURES)) features of predictions scored with uncalibrated (fused) candidate scores.
+
+    score: the best candidate's fused score; margin: best minus second candidate (the score when alone);
+    agreement: share of the reported nearest reference photos that show the best landmark; non_landmark_similarity:
+    cosine similarity of the nearest non-landmark reference photo among them (0 when none); knn_similarity: that
+    of the nearest reference photo of the best landmark among them (0 when none).
+    """
+    rows = np.zeros((len(predictions), len(FEATURES)), dtype=np.float64)
+    for row, prediction in enumerate(predictions):
+        scores = [float(c.score) for c in prediction.candidates]
+        best = scores[0] if scores else 0.0
+        neighbours = prediction.neighbours
+        agreement = (
+            sum(int(n.landmark_id) == int(prediction.landmark_id) for n in neighbours) / len(neighbours)
+            if neighbours else 0.0
+        )
+        non_landmark = max([float(n.similarity) for n in neighbours if int(n.landmark_id) == NO_LANDMARK], default=0.0)
+        knn = max([float(n.similarity) for n in neighbours if int(n.landmark_id) == int(prediction.landmark_id)],
+                  default=0.0)
+        rows[row] = (best, best - (scores[1] if len(scores) > 1 else 0.0), agreement, max(0.0, non_landmark),
+                     max(0.0, knn))
+    return rows
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=np.float64)))
+
+
+@dataclass
+class Calibration:
+    """A fitted map from prediction features to P(right), and the "no known landmark" threshold on its scale."""
+
+    method: str
+    parameters: dict[str, Any]
+    threshold: float
+    target_precision: float | None = None
+    fitted_on: dict[str, Any] = field(default_factory=dict)  # what the calibration data was, with counts
+    measured: dict[str, Any] = field(default_factory=dict)  # precision/coverage at the threshold, log loss, ECE
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"Unknown calibration method {self.method!r}; expected one of {', '.join(METHODS)}.")
+
+    @property
+    def monotone(self) -> bool:
+        """True when the map depends on the fused score alone and keeps its order (GAP unchanged)."""
+        return self.method != "gate"
+
+    def map_scores(self, scores: np.ndarray | Sequence[float]) -> np.ndarray:
+        """P(right) of fused scores (monotone methods only; the gate needs every feature)."""
+        s = np.asarray(scores, dtype=np.float64)
+        if self.method == "none":
+            return np.clip(s, 0.0, 1.0)
+        if self.method == "platt":
+            return sigmoid(self.parameters["slope"] * s + self.parameters["intercept"])
+        if self.method == "isotonic":
+            x, y = np.asarray(self.parameters["x"]), np.asarray(self.parameters["y"])
+            return (1 - ISOTONIC_TILT) * np.interp(s, x, y) + ISOTONIC_TILT * np.clip(s, 0.0, 1.0)
+        raise ValueError("the gate maps features, not scores: use __call__")
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        """P(right) for rows of ``prediction_features``."""
+        features = np.asarray(features, dtype=np.float64).reshape(-1, len(FEATURES))
+        if self.method != "gate":
+            return self.map_scores(features[:, 0])
+        mean, scale = np.asarray(self.parameters["mean"]), np.asarray(self.parameters["scale"])
+        z = ((features - mean) / scale) @ np.asarray(self.parameters["weights"]) + self.parameters["bias"]
+        return sigmoid(z)
+
+    def apply(self, predictions: Sequence[Prediction], min_confidence: float) -> None:
+        """Replace, in place, the fused scores of predictions by P(right) and decide ``known`` against
+        ``min_confidence``. Monotone maps rescale every candidate's score (their order stays); the gate rescales
+        the best answer only, the runners-up keep their fused score."""
+        probabilities = self(prediction_features(predictions))
+        for prediction, probability in zip(predictions, probabilities):
+            if self.monotone and prediction.candidates:
+                mapped = self.map_scores([c.score for c in prediction.candidates])
+                for candidate, value in zip(prediction.candidates, mapped):
+                    candidate.score = round(float(value), 9)  # 9 digits: keep the order of near-certain answers
+            elif prediction.candidates:
+                prediction.candidates[0].score = round(float(probability), 9)
+            prediction.confidence = round(float(probability), 9)
+            prediction.known = is_known(prediction.confidence, min_confidence)
+
+    # -- stored form ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "Calibration":
+        """KeyError or TypeError when ``raw`` is not a stored calibration."""
+        return cls(**{k: raw[k] for k in ("method", "parameters", "threshold")},
+                   **{k: raw[k] for k in ("target_precision", "fitted_on", "measured") if k in raw})

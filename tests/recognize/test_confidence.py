@@ -1,0 +1,78 @@
+"""The confidence map at prediction time: features, the stored form, the Recognizer applying it."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from landmarks.recognize.confidence import is_known, Calibration, FEATURES, prediction_features
+from landmarks.train.fit_confidence import fit_calibration
+
+
+def scores_only(scores) -> np.ndarray:
+    features = np.zeros((len(scores), len(FEATURES)))
+    features[:, 0] = scores
+    return features
+
+
+def noisy_samples(seed: int = 0, count: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """Scores in [0, 1] where P(right) = score (a perfectly calibrated score)."""
+    rng = np.random.default_rng(seed)
+    scores = rng.uniform(0, 1, count)
+    return scores, (rng.uniform(0, 1, count) < scores).astype(int)
+
+
+def test_prediction_features_by_hand():
+    candidate = lambda i, s: SimpleNamespace(landmark_id=i, score=s)  # noqa: E731
+    neighbour = lambda i, s: SimpleNamespace(landmark_id=i, similarity=s)  # noqa: E731
+    predictions = [
+        SimpleNamespace(landmark_id=10, candidates=[candidate(10, 0.8), candidate(20, 0.3)],
+                        neighbours=[neighbour(10, 0.9), neighbour(-1, 0.7), neighbour(10, 0.6), neighbour(20, 0.5)]),
+        SimpleNamespace(landmark_id=20, candidates=[candidate(20, 0.4)], neighbours=[]),
+    ]
+    np.testing.assert_allclose(prediction_features(predictions), [[0.8, 0.5, 0.5, 0.7, 0.9], [0.4, 0.4, 0.0, 0.0, 0.0]])
+
+
+def test_a_calibration_survives_its_stored_form():
+    scores, correct = noisy_samples()
+    calibration = fit_calibration(scores_only(scores), correct, "isotonic")
+    calibration.threshold, calibration.target_precision = 0.61, 0.95
+    calibration.fitted_on = {"held-out photos": 91}
+    stored = json.loads(json.dumps(calibration.to_dict()))
+    assert stored["method"] == "isotonic"
+    loaded = Calibration.from_dict(stored)
+    assert loaded == calibration
+    np.testing.assert_allclose(loaded.map_scores(scores), calibration.map_scores(scores))
+    with pytest.raises(KeyError):
+        Calibration.from_dict({})
+
+
+def test_is_known_is_the_threshold_reached():
+    assert is_known(0.5, 0.5) and is_known(0.9, 0.5) and not is_known(0.499, 0.5)
+
+
+def test_recognizer_applies_the_calibration():
+    from landmarks.config import RecognizeConfig
+    from landmarks.recognize.index import EmbeddingIndex
+    from landmarks.recognize.recognizer import Recognizer
+
+    references = np.eye(3, dtype=np.float32)
+    index = EmbeddingIndex.build(references, ["a", "b", "c"], np.array([10, 20, 30]), "flat")
+    config = RecognizeConfig(knn_k=3, knn_weight=1.0, top_k=3, min_confidence=0.6)
+    recognizer = Recognizer(None, np.array([10, 20, 30]), {10: "a", 20: "b", 30: "c"}, index, config)
+    query = np.array([[0.8, 0.6, 0.0]], dtype=np.float32)  # fused scores: 0.8 (a), 0.6 (b), 0 (c)
+    [raw] = recognizer.score(query, np.zeros((1, 3), np.float32))
+    assert raw.confidence == pytest.approx(0.8, abs=1e-5) and raw.known
+    recognizer.calibration = Calibration("platt", {"slope": 10.0, "intercept": -7.0}, threshold=0.6)
+    [calibrated] = recognizer.score(query, np.zeros((1, 3), np.float32))
+    by_hand = 1 / (1 + np.exp(-(10 * 0.8 - 7)))  # 0.731
+    assert calibrated.landmark_id == 10 and calibrated.confidence == pytest.approx(by_hand, abs=1e-5)
+    assert calibrated.known  # 0.731 >= 0.6
+    assert [c.landmark_id for c in calibrated.candidates] == [10, 20, 30]
+    assert calibrated.candidates[1].score == pytest.approx(1 / (1 + np.exp(-(10 * 0.6 - 7))), abs=1e-5)  # 0.269
+    [doubtful] = recognizer.score(np.array([[0.7, 0.71, 0.0]], dtype=np.float32) / 1.0, np.zeros((1, 3), np.float32))
+    assert doubtful.confidence == pytest.approx(1 / (1 + np.exp(-(10 * 0.71 - 7))), abs=1e-4)  # 0.525
+    assert not doubtful.known

@@ -1,0 +1,117 @@
+"""The run folder: the model's round trip, scoring.json, migration, missing files."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from landmarks.config import ModelConfig
+from landmarks.errors import DataError
+from landmarks.models.heads import dynamic_margins
+from landmarks.models.landmark_model import LandmarkModel
+from landmarks.models.registry import build_model
+from landmarks.run_folder import RunFolder
+
+CONFIGS = {
+    "seed_cnn": ModelConfig(architecture="seed_cnn", embedding_dim=32),
+    "classifier": ModelConfig(architecture="classifier", backbone="test_efficientnet", embedding_dim=16),
+    "classifier_arcface": ModelConfig(architecture="classifier", backbone="test_resnet", head="arcface",
+                                      embedding_dim=16, arcface_subcenters=2),
+    "glr": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem", embedding_dim=16),
+    "glr_descriptor": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem", embedding_dim=16,
+                                  descriptor_dims=4, descriptor_weight=2.0),
+    "glr_stage_descriptor": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem",
+                                        embedding_dim=16, descriptor_dims=4, descriptor_stage=2),
+}
+COUNTS = np.array([1, 16, 256, 3])
+
+
+def _build(name: str) -> LandmarkModel:
+    torch.manual_seed(0)
+    return build_model(CONFIGS[name], num_classes=4, image_size_px=32, class_counts=COUNTS)
+
+
+def _described(model: LandmarkModel, images: torch.Tensor) -> torch.Tensor:
+    """What the model's descriptor whitens for these photos: the pooled final features, or those of its stage."""
+    with torch.no_grad():
+        if model.head.descriptor_stage is None:
+            return model.head.pool(model.features(images))
+        _, (tapped,) = model.backbone.forward_intermediates((images - model.mean) / model.std,
+                                                            indices=[model.head.descriptor_stage])
+        return model.head.descriptor_pool(tapped)
+
+
+def _perturb(model: LandmarkModel) -> None:
+    """Train one step so BatchNorm statistics, GeM's p and the weights move away from their initial values."""
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    _, logits = model(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3]))
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1, 2, 3])).backward()
+    optimizer.step()
+    model.eval()
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_save_load_round_trip_gives_identical_outputs(tmp_path: Path, name: str):
+    model = _build(name)
+    _perturb(model)
+    if getattr(model.head, "descriptor", None) is not None:
+        model.head.descriptor.fit(_described(model, torch.rand(8, 3, 32, 32)).numpy())
+    RunFolder(tmp_path).save_model(model, CONFIGS[name])
+    assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.glob(".*tmp*"))
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["architecture"] == CONFIGS[name].architecture and meta["num_classes"] == 4
+    assert meta["input_size_px"] == 32 and meta["embedding_dim"] == model.embedding_dim
+    assert meta["config"]["backbone"] == CONFIGS[name].backbone and len(meta["mean"]) == 3
+
+    loaded = RunFolder(tmp_path).load_model()
+    assert not loaded.training and type(loaded.head) is type(model.head)
+    images, labels = torch.rand(3, 3, 32, 32), torch.tensor([0, 2, 1])
+    with torch.no_grad():
+        for before, after in zip(model(images), loaded(images)):
+            assert torch.equal(before, after)
+        for before, after in zip(model(images, labels), loaded(images, labels)):
+            assert torch.equal(before, after)
+    assert torch.equal(model.mean, loaded.mean) and torch.equal(model.std, loaded.std)
+
+
+def test_margins_come_from_class_counts_and_survive_a_round_trip(tmp_path: Path):
+    model = _build("glr")
+    expected = torch.from_numpy(dynamic_margins(COUNTS, 0.05, 0.45))
+    assert torch.equal(model.head.arcface.margins, expected)
+    RunFolder(tmp_path).save_model(model, CONFIGS["glr"])
+    assert torch.equal(RunFolder(tmp_path).load_model().head.arcface.margins, expected)  # rebuilt without class_counts
+    plain = build_model(CONFIGS["glr"], num_classes=4, image_size_px=32)
+    assert plain.head.arcface.margins.tolist() == pytest.approx([0.05] * 4)
+
+
+def test_load_rebuilds_without_pretrained_weights(tmp_path: Path):
+    cfg = ModelConfig(architecture="classifier", backbone="test_resnet", pretrained=str(tmp_path / "gone.safetensors"))
+    model = build_model(ModelConfig(architecture="classifier", backbone="test_resnet"), 3, 32)
+    RunFolder(tmp_path / "run").save_model(model, cfg)  # the weights file named in the config no longer exists
+    loaded = RunFolder(tmp_path / "run").load_model()
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], tensor), key
+
+
+def test_missing_model_json_is_a_data_error(tmp_path: Path):
+    with pytest.raises(DataError, match=r"is not a run folder: model\.json is missing"):
+        RunFolder(tmp_path).load_model()
+    model = _build("seed_cnn")
+    RunFolder(tmp_path).save_model(model, CONFIGS["seed_cnn"])
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(DataError, match=r"model\.safetensors is missing"):
+        RunFolder(tmp_path).load_model()
+
+
+def test_weights_that_do_not_match_model_json_are_a_data_error(tmp_path: Path):
+    RunFolder(tmp_path).save_model(_build("seed_cnn"), CONFIGS["seed_cnn"])
+    meta = json.loads((tmp_path / "model.json").read_text())
+    meta["num_classes"] = 5
+    (tmp_path / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match="does not match"):
+        RunFolder(tmp_path).load_model()
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(DataError, match="not a valid model description"):
+        RunFolder(tmp_path).load_model()
