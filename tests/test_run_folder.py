@@ -115,3 +115,98 @@ def test_weights_that_do_not_match_model_json_are_a_data_error(tmp_path: Path):
     (tmp_path / "model.json").write_text("{not json")
     with pytest.raises(DataError, match="not a valid model description"):
         RunFolder(tmp_path).load_model()
+
+
+# -- scoring.json: what training learned, read by every answer -------------------------------------------
+def _answers(run: Path, photos: np.ndarray) -> list[tuple]:
+    from landmarks.recognize.recognizer import Recognizer
+
+    predictions = Recognizer.load(run, backend="torch").predict(photos)
+    return [(p.landmark_id, p.confidence, p.known, [(c.landmark_id, c.score) for c in p.candidates]) for p in predictions]
+
+
+def _photos(run: Path) -> np.ndarray:
+    from landmarks.data.images import decode_image
+
+    split = RunFolder(run).read_split()
+    size = RunFolder(run).read_model_meta()["input_size_px"]
+    return np.stack([decode_image(p, size) for p in split["path"].head(6)])
+
+
+@pytest.fixture
+def learned_run(tiny_run_dir: Path, tmp_path: Path) -> Path:
+    """The tiny run with scoring settings unlike config.yaml's (as training's search and calibration leave them)."""
+    import shutil
+
+    run = tmp_path / "original"
+    shutil.copytree(tiny_run_dir, run)
+    folder = RunFolder(run)
+    scoring = folder.read_scoring()
+    scoring.recognize.knn_weight, scoring.recognize.knn_k, scoring.recognize.tta_flip = 0.9, 3, True
+    scoring.recognize.min_confidence = 0.4
+    folder.write_scoring(scoring)
+    return run
+
+
+def test_a_run_copied_without_config_yaml_answers_exactly_as_the_original(learned_run: Path, tmp_path: Path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(learned_run, copy)
+    (copy / RunFolder.CONFIG).unlink()
+    photos = _photos(learned_run)
+    assert _answers(copy, photos) == _answers(learned_run, photos)
+    assert RunFolder(learned_run).read_config().recognize.knn_weight != 0.9  # config.yaml is what was asked
+
+
+def test_training_writes_scoring_json_and_leaves_config_yaml_as_asked(tiny_run_dir: Path):
+    import yaml
+
+    run = RunFolder(tiny_run_dir)
+    scoring = run.read_scoring()
+    asked = yaml.safe_load(run.file(RunFolder.CONFIG).read_text())["recognize"]
+    assert scoring.calibration is not None
+    assert scoring.recognize.min_confidence == pytest.approx(scoring.calibration.threshold, abs=1e-6)
+    assert asked["min_confidence"] == 0.3 != scoring.recognize.min_confidence  # the default it was asked with
+
+
+def test_a_run_from_before_scoring_json_is_migrated_once(learned_run: Path, tmp_path: Path):
+    """Older runs wrote the learned values back into config.yaml and the map into calibration.json."""
+    import shutil
+
+    import yaml
+
+    old = tmp_path / "old"
+    shutil.copytree(learned_run, old)
+    scoring = RunFolder(old).read_scoring()
+    tree = yaml.safe_load((old / RunFolder.CONFIG).read_text())
+    tree["recognize"].update(scoring.recognize.model_dump(mode="json"))
+    (old / RunFolder.CONFIG).write_text(yaml.safe_dump(tree))
+    (old / "calibration.json").write_text(json.dumps(scoring.calibration.to_dict()))
+    (old / RunFolder.SCORING).unlink()
+    photos = _photos(learned_run)
+    assert _answers(old, photos) == _answers(learned_run, photos)
+    assert json.loads((old / RunFolder.SCORING).read_text()) == scoring.to_dict()  # written by the migration
+
+
+def test_a_run_without_scoring_json_or_config_yaml_says_which_file_is_missing(learned_run: Path):
+    from landmarks.recognize.recognizer import Recognizer
+
+    (learned_run / RunFolder.SCORING).unlink()
+    (learned_run / RunFolder.CONFIG).unlink()
+    with pytest.raises(DataError, match=r"scoring\.json is missing"):
+        Recognizer.load(learned_run)
+
+
+def test_a_damaged_scoring_json_is_one_sentence(learned_run: Path):
+    (learned_run / RunFolder.SCORING).write_text('{"recognize": {"knn_k": "many"}}')
+    with pytest.raises(DataError, match="is not a scoring file"):
+        RunFolder(learned_run).read_scoring()
+
+
+def test_config_yaml_is_written_once(tiny_run_dir: Path):
+    from landmarks.config import Config
+    from landmarks.errors import LandmarksError
+
+    with pytest.raises(LandmarksError, match="written once"):
+        RunFolder(tiny_run_dir).write_config(Config())

@@ -33,6 +33,23 @@ def test_export_writes_a_checked_model_with_a_dynamic_batch(run: Path):
         assert embedding.shape == (batch, 512) and logits.shape == (batch, 4)
 
 
+def test_a_failed_check_leaves_no_model_onnx(run: Path, monkeypatch: pytest.MonkeyPatch):
+    """The model is written under a temporary name and renamed only after ONNX Runtime agreed with PyTorch."""
+    from landmarks.errors import DataError
+    from landmarks.export import onnx as onnx_export
+
+    def disagree(model, path, photos):
+        assert path.is_file() and path.name != "model.onnx"  # checked under its temporary name
+        raise DataError("ONNX Runtime and PyTorch disagree on real photos")
+
+    monkeypatch.setattr(onnx_export, "check_agreement", disagree)
+    with pytest.raises(DataError, match="disagree"):
+        export_run(run, check_photos=4)
+    assert not (run / "model.onnx").exists()
+    assert [p.name for p in run.iterdir() if "onnx" in p.name] == []  # no temporary file left either
+    assert not isinstance(Recognizer.load(run).embedder, OnnxEmbedder)  # backend=auto keeps PyTorch
+
+
 def test_recognizer_uses_onnx_when_present_and_agrees_with_torch(run: Path, tiny_gldv2: Path):
     export_run(run, check_photos=4)
     photos = sorted(str(p) for p in (tiny_gldv2 / "test").rglob("*.jpg"))

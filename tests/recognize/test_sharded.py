@@ -52,3 +52,20 @@ def test_non_landmark_photos_join_the_index_with_id_minus_one(tiny_run_dir: Path
     assert "added 3 non-landmark reference photos" in capsys.readouterr().out
     index = EmbeddingIndex.load(run / "index")
     assert len(index) == before + 3 and list(index.landmark_ids[-3:]) == [-1, -1, -1]
+
+
+def test_two_bank_photos_of_the_same_name_in_two_folders_are_two_references(tiny_run_dir: Path, tmp_path: Path):
+    import shutil
+
+    from tests_helpers import make_photo
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run_dir, run)
+    make_photo(tmp_path / "bank" / "kitchen" / "IMG_0001.jpg", (90, 90, 90), seed=1)
+    make_photo(tmp_path / "bank" / "garden" / "IMG_0001.jpg", (30, 160, 30), seed=2)
+    assert main(["index", str(run), "--non-landmarks", str(tmp_path / "bank")]) == 0
+    index = EmbeddingIndex.load(run / "index")
+    ids = [i for i in index.image_ids if i.startswith("non-landmark:")]
+    assert sorted(ids) == ["non-landmark:garden/IMG_0001.jpg", "non-landmark:kitchen/IMG_0001.jpg"]
+    assert index.remove(index.positions_of([("non-landmark:garden/IMG_0001.jpg", -1)])) == 1  # removes one only
+    assert [i for i in index.image_ids if i.startswith("non-landmark:")] == ["non-landmark:kitchen/IMG_0001.jpg"]
