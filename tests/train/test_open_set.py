@@ -199,3 +199,27 @@ def test_bank_split_is_disjoint_deterministic_and_by_content(tmp_path: Path):
     (bank / "new.jpg").write_bytes(b"another photo")
     moved_references, _ = split_non_landmark_bank(sorted(bank.iterdir()), 0.5, seed=1)
     assert renamed in moved_references and set(references[1:]) <= set(moved_references)
+
+
+@pytest.mark.parametrize("optimizer, scheduler", [("sgd", "none"), ("adam", "cosine"), ("adamw", "cosine")])
+def test_a_calibration_model_trains_with_the_runs_optimiser_and_schedule(monkeypatch, optimizer, scheduler):
+    """The calibration models run the Trainer's own step (train.loop.fit_pass) with train.optimizer and
+    train.scheduler, one schedule step per epoch."""
+    import torch
+
+    from landmarks.config import load_config
+    from landmarks.train import open_set
+
+    made: list[torch.optim.Optimizer] = []
+    passes: list[int] = []
+    original_optimizer, original_pass = open_set.make_optimizer, open_set.fit_pass
+    monkeypatch.setattr(open_set, "make_optimizer", lambda *a: made.append(original_optimizer(*a)) or made[-1])
+    monkeypatch.setattr(open_set, "fit_pass", lambda *a, **k: passes.append(1) or original_pass(*a, **k))
+    config = load_config("glr", ["model.embedding_dim=8", "model.descriptor_dims=0", "train.epochs=3",
+                                 "train.batch_size=4", f"train.optimizer={optimizer}", f"train.scheduler={scheduler}"])
+    pooled = np.random.default_rng(0).random((12, 1, 16)).astype(np.float32)
+    open_set.train_calibration_model(pooled, np.repeat([0, 1, 2], 4), 3, config, seed=1)
+    expected = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[optimizer]
+    assert len(made) == 1 and type(made[0]) is expected and len(passes) == 3
+    lr = made[0].param_groups[0]["lr"]
+    assert lr == pytest.approx(config.train.lr) if scheduler == "none" else lr < config.train.lr

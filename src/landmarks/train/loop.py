@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from landmarks.config import Config
+from landmarks.config import Config, TrainConfig
 from landmarks.data.augment import CachedImageDataset, build_train_transform, class_balanced_sampler, class_weights
 from landmarks.data.prepared import PreparedData
 from landmarks.models.landmark_model import LandmarkModel
@@ -25,18 +26,70 @@ from landmarks.utils import progress
 log = logging.getLogger(__name__)
 
 
-def make_optimizer(config: Config, model: LandmarkModel) -> torch.optim.Optimizer:
-    train = config.train
-    groups = [
-        {"params": [p for p in model.backbone_parameters() if p.requires_grad], "lr": train.lr * train.backbone_lr_factor},
-        {"params": [p for p in model.head_parameters() if p.requires_grad], "lr": train.lr},
-    ]
+def make_optimizer(train: TrainConfig, groups: list[dict]) -> torch.optim.Optimizer:
+    """``train.optimizer`` over parameter groups (each a dict with ``params`` and its ``lr``)."""
     groups = [g for g in groups if g["params"]]
     if train.optimizer == "adam":
         return torch.optim.Adam(groups, lr=train.lr, eps=1e-7, weight_decay=train.weight_decay)
     if train.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
     return torch.optim.SGD(groups, lr=train.lr, momentum=0.9, weight_decay=train.weight_decay, nesterov=True)
+
+
+def make_scheduler(train: TrainConfig, optimizer: torch.optim.Optimizer,
+                   epochs: int | None = None) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """``train.scheduler``, stepped once per epoch over ``epochs`` (default ``train.epochs``)."""
+    if train.scheduler != "cosine":
+        return None
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs or train.epochs))
+
+
+def model_parameter_groups(train: TrainConfig, model: LandmarkModel) -> list[dict]:
+    """The trainable backbone (at ``lr * backbone_lr_factor``) and head parameters of a model."""
+    return [
+        {"params": [p for p in model.backbone_parameters() if p.requires_grad], "lr": train.lr * train.backbone_lr_factor},
+        {"params": [p for p in model.head_parameters() if p.requires_grad], "lr": train.lr},
+    ]
+
+
+def head_batches(inputs: torch.Tensor, labels: torch.Tensor, train: TrainConfig, shuffle: bool,
+                 seed: int) -> DataLoader:
+    """Batches of features already computed (cached feature maps, pooled features): shuffled with ``seed`` when
+    ``shuffle``, a last batch of one photo dropped (BatchNorm cannot train on it)."""
+    return DataLoader(TensorDataset(inputs, labels), batch_size=train.batch_size, shuffle=shuffle,
+                      generator=torch.Generator().manual_seed(seed),
+                      drop_last=shuffle and _last_batch_of_one(len(labels), train.batch_size))
+
+
+def fit_pass(forward: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], batches: Iterable,
+             loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], optimizer: torch.optim.Optimizer | None,
+             predict: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+             device: torch.device | None = None) -> tuple[float, int, int]:
+    """One pass over batches of (inputs, targets): ``forward(inputs, targets) -> (embedding, logits)``, its loss,
+    and an optimiser step per batch when ``optimizer`` is given (no gradients otherwise). The one training step of
+    the project: the Trainer's epochs and the calibration models both run it. Returns (summed loss, right answers
+    by ``predict(embedding, logits)`` (default: argmax of the logits), photos)."""
+    total_loss, correct, count = 0.0, 0, 0
+    for inputs, targets in batches:
+        if device is not None:
+            inputs, targets = inputs.to(device), targets.to(device)
+        if inputs.dim() == 4:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with torch.set_grad_enabled(optimizer is not None):
+            embedding, logits = forward(inputs, targets)
+            loss = loss_of(logits, targets)
+            if optimizer is not None:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+        with torch.no_grad():
+            predicted = predict(embedding, logits) if predict is not None else logits.argmax(1)
+        total_loss += float(loss.detach()) * len(targets)
+        correct += int((predicted == targets).sum())
+        count += len(targets)
+        if hasattr(batches, "set_postfix"):
+            batches.set_postfix(loss=f"{total_loss / count:.3f}", acc=f"{correct / count:.3f}")
+    return total_loss, correct, count
 
 
 def set_backbone_trainable(model: LandmarkModel, trainable: bool) -> None:
@@ -72,14 +125,9 @@ class Trainer:
         self.frozen = config.train.freeze_backbone_epochs != 0
         self.feature_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         set_backbone_trainable(self.model, not self.frozen)
-        self.optimizer = make_optimizer(config, self.model)
-        self.scheduler = self._make_scheduler()
+        self.optimizer = make_optimizer(config.train, model_parameter_groups(config.train, self.model))
+        self.scheduler = make_scheduler(config.train, self.optimizer)
         self.ddp_model = distributed.wrap(self.model)
-
-    def _make_scheduler(self) -> torch.optim.lr_scheduler.LRScheduler | None:
-        if self.config.train.scheduler != "cosine":
-            return None
-        return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(1, self.config.train.epochs))
 
     # -- data --------------------------------------------------------------------------------
     def loader(self, split: str, train: bool) -> DataLoader:
@@ -126,48 +174,23 @@ class Trainer:
     def run_epoch(self, split: str, train: bool) -> dict[str, float]:
         """One pass over a split; returns mean loss and accuracy (logits without margin)."""
         use_cached = self.frozen and self.config.train.cache_features and distributed.world_size() == 1
+        model = self.ddp_model if train else self.model
         if use_cached:
             features, labels = self._features_of(split, train)
-            loader = DataLoader(
-                TensorDataset(features, labels),
-                batch_size=self.config.train.batch_size,
-                shuffle=train,
-                generator=torch.Generator().manual_seed(self.config.train.seed + len(self.history)),
-                drop_last=train and _last_batch_of_one(len(labels), self.config.train.batch_size),
-            )
+            loader = head_batches(features, labels, self.config.train, train, self.config.train.seed + len(self.history))
+            forward = lambda inputs, targets: self.model.head_from_features(inputs.float(), targets)  # noqa: E731
         else:
             loader = self.loader(split, train)
-        model = self.ddp_model if train else self.model
+            forward = model
         self.model.train(train)
         if self.frozen:
             self.model.backbone.eval()  # frozen BatchNorm statistics stay ImageNet's
-        total_loss, correct, count = 0.0, 0, 0
         started = time.monotonic()
-        bar = progress(loader, desc=f"epoch {len(self.history) + 1} {split}")
-        for inputs, targets in bar:
-            inputs, targets = inputs.to(self.device), targets.to(self.device)
-            if inputs.dim() == 4:
-                inputs = inputs.contiguous(memory_format=torch.channels_last)
-            with torch.set_grad_enabled(train):
-                if use_cached:
-                    embedding, logits = self.model.head_from_features(inputs.float(), targets)
-                else:
-                    embedding, logits = model(inputs, targets)
-                loss = self._loss(logits, targets)
-                if train:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
-            if self.model.logit_scale is not None:  # logits carry the training margin: accuracy from plain ones
-                with torch.no_grad():
-                    predicted = self.model.plain_logits(embedding).argmax(1)
-            else:
-                predicted = logits.argmax(1)
-            total_loss += float(loss.detach()) * len(targets)
-            correct += int((predicted == targets).sum())
-            count += len(targets)
-            if hasattr(bar, "set_postfix"):
-                bar.set_postfix(loss=f"{total_loss / count:.3f}", acc=f"{correct / count:.3f}")
+        # logits of ArcFace heads carry the training margin: accuracy from plain ones
+        predict = ((lambda embedding, _logits: self.model.plain_logits(embedding).argmax(1))
+                   if self.model.logit_scale is not None else None)
+        total_loss, correct, count = fit_pass(forward, progress(loader, desc=f"epoch {len(self.history) + 1} {split}"),
+                                              self._loss, self.optimizer if train else None, predict, self.device)
         total_loss, correct, count = distributed.sum_scalars(total_loss, correct, count)
         return {"loss": total_loss / max(1, count), "accuracy": correct / max(1, count), "images": count,
                 "seconds": time.monotonic() - started}
@@ -216,8 +239,8 @@ class Trainer:
     def restore(self, state: dict) -> None:
         self.frozen = state["frozen"]
         set_backbone_trainable(self.model, not self.frozen)
-        self.optimizer = make_optimizer(self.config, self.model)
-        self.scheduler = self._make_scheduler()
+        self.optimizer = make_optimizer(self.config.train, model_parameter_groups(self.config.train, self.model))
+        self.scheduler = make_scheduler(self.config.train, self.optimizer)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler and state["scheduler"]:
@@ -237,13 +260,8 @@ class Trainer:
             self.frozen = False
             self.feature_cache.clear()
             set_backbone_trainable(self.model, True)
-            self.optimizer = make_optimizer(self.config, self.model)
-            remaining = max(1, self.config.train.epochs - freeze)
-            self.scheduler = (
-                torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=remaining)
-                if self.config.train.scheduler == "cosine"
-                else None
-            )
+            self.optimizer = make_optimizer(self.config.train, model_parameter_groups(self.config.train, self.model))
+            self.scheduler = make_scheduler(self.config.train, self.optimizer, self.config.train.epochs - freeze)
             self.ddp_model = distributed.wrap(self.model)
 
     def fit(self) -> None:

@@ -47,6 +47,7 @@ from landmarks.recognize.index import EmbeddingIndex
 from landmarks.recognize.prediction import Prediction
 from landmarks.recognize.recognizer import Recognizer
 from landmarks.run_folder import RunFolder
+from landmarks.train.loop import fit_pass, head_batches, make_optimizer, make_scheduler
 from landmarks.train.fit_confidence import choose_threshold, fit_calibration
 from landmarks.train.pooled import PooledArcFace, capture_pooled, own_descriptor_features, pooled_views, split_pooled
 
@@ -329,7 +330,6 @@ def train_calibration_model(pooled: np.ndarray, class_index: np.ndarray, num_cla
                                         model_cfg.descriptor_weight)
         descriptor.fit(descriptor_input.reshape(-1, descriptor_input.shape[-1]))
     pooled = neck_input
-    generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     counts = np.bincount(class_index, minlength=num_classes)
     neck = GLRNeck(pooled.shape[-1], model_cfg.embedding_dim)
@@ -338,25 +338,22 @@ def train_calibration_model(pooled: np.ndarray, class_index: np.ndarray, num_cla
                                model_cfg.arcface_scale, margins)
     x = torch.from_numpy(np.ascontiguousarray(pooled.reshape(-1, pooled.shape[-1]), dtype=np.float32))
     y = torch.from_numpy(np.repeat(np.asarray(class_index, np.int64), pooled.shape[1]))
-    parameters = [*neck.parameters(), *arcface.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    epochs = max(1, train_cfg.epochs)
-    batch = max(2, min(train_cfg.batch_size, len(x)))
-    steps = epochs * max(1, len(x) // batch)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if train_cfg.scheduler == "cosine" else None
+    optimizer = make_optimizer(train_cfg, [{"params": [*neck.parameters(), *arcface.parameters()], "lr": train_cfg.lr}])
+    schedule = make_scheduler(train_cfg, optimizer)
+
+    def forward(inputs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = neck(inputs)
+        return embedding, arcface(embedding, targets)
+
+    def loss_of(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits, targets, label_smoothing=train_cfg.label_smoothing)
+
     neck.train()
     arcface.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x) - batch + 1, batch):  # full batches only: BatchNorm needs two photos or more
-            rows = order[start : start + batch]
-            loss = torch.nn.functional.cross_entropy(arcface(neck(x[rows]), y[rows]), y[rows],
-                                                     label_smoothing=train_cfg.label_smoothing)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            if schedule is not None:
-                schedule.step()
+    for epoch in range(max(1, train_cfg.epochs)):  # as the run's frozen epochs: the same step, optimiser and schedule
+        fit_pass(forward, head_batches(x, y, train_cfg, shuffle=True, seed=seed + epoch), loss_of, optimizer)
+        if schedule is not None:
+            schedule.step()
     return PooledArcFace(neck, arcface, descriptor, descriptor_features)
 
 
