@@ -1,4 +1,5 @@
-"""The package's import graph: no circles, and no project import hidden inside a function (cli.py excepted)."""
+"""The package's import graph: the documented layer order, no circles, and no project import hidden inside a
+function (cli.py excepted)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,65 @@ def _graph() -> dict[str, set[str]]:
     return graph
 
 
+# Layers, bottom to top (the README's code layout): a module's layer is its longest matching prefix.
+LAYER_OF = {
+    "landmarks.errors": "base", "landmarks.utils": "base", "landmarks": "base",
+    "landmarks.store": "store",
+    "landmarks.models": "models",
+    "landmarks.config": "config",
+    "landmarks.data": "data",
+    "landmarks.recognize.index": "scoring", "landmarks.recognize.confidence": "scoring",
+    "landmarks.recognize.prediction": "scoring", "landmarks.recognize.geo": "scoring",
+    "landmarks.run_folder": "run_folder",
+    "landmarks.recognize": "recognize",
+    "landmarks.evaluate": "evaluate",
+    "landmarks.export": "export",
+    "landmarks.serve": "serve",
+    "landmarks.train": "train",
+    "landmarks.cli": "cli", "landmarks.__main__": "cli",
+}
+# Which layers each layer may import (besides its own): downwards only.
+ALLOWED = {
+    "base": set(),
+    "store": {"base"},
+    "models": {"base"},
+    "config": {"base", "models"},
+    "data": {"base", "config"},
+    "scoring": {"base", "config", "data"},
+    "run_folder": {"base", "store", "models", "config", "scoring"},
+    "recognize": {"base", "store", "models", "config", "data", "scoring", "run_folder"},
+    "evaluate": {"base", "config", "data", "scoring", "run_folder", "recognize"},
+    "export": {"base", "models", "data", "scoring", "run_folder", "recognize", "evaluate"},
+    "serve": {"base", "store", "data", "scoring", "run_folder", "recognize", "export"},
+    "train": {"base", "store", "models", "config", "data", "scoring", "run_folder", "recognize", "evaluate"},
+    "cli": set(LAYER_OF.values()) - {"cli"},
+}
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in LAYER_OF:
+            return LAYER_OF[".".join(parts[:end])]
+    raise AssertionError(f"{module} is in no layer of LAYER_OF: add it to the table and the README")
+
+
+def test_every_import_follows_the_layer_order():
+    wrong = [f"{source} ({_layer(source)}) imports {target} ({_layer(target)})"
+             for source, targets in sorted(_graph().items()) for target in sorted(targets)
+             if _layer(target) != _layer(source) and _layer(target) not in ALLOWED[_layer(source)]]
+    assert not wrong, "imports against the layer order: " + "; ".join(wrong)
+
+
+def test_the_layer_table_is_a_strict_order():
+    """ALLOWED itself has no circle: layer A may import B only when B may not import A (directly or not)."""
+    reach = {layer: set(allowed) for layer, allowed in ALLOWED.items()}
+    for _ in ALLOWED:
+        for layer in reach:
+            reach[layer] |= set().union(*(reach[b] for b in reach[layer]))
+    assert all(layer not in reach[layer] for layer in reach)
+
+
 def test_no_import_circles():
     graph = _graph()
     state: dict[str, int] = {}
@@ -81,3 +141,4 @@ def test_the_checker_sees_a_circle_and_a_hidden_import():
     tree = ast.parse("from landmarks.b import x\n\ndef f():\n    from landmarks.c import y\n")
     assert [t for t, _ in _imports(tree, top_level_only=True)][0] == "landmarks.b"
     assert [t for t, _ in _imports(tree, top_level_only=False)][0] == "landmarks.c"
+    assert _layer("landmarks.train.finish") == "train" and "train" not in ALLOWED["evaluate"]
