@@ -18,13 +18,12 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 # The live page's JavaScript runtime (npm's onnxruntime-web, pinned in package-lock.json), copied into the
-# package (src/landmarks/web/ort, git-ignored); the list must match landmarks.export.web.RUNTIME_FILES.
+# package (src/landmarks/web/ort, git-ignored); the files are listed once, in src/landmarks/web/runtime-files.txt.
 NPM         := $(shell command -v npm 2>/dev/null)
 WEB_RUNTIME := src/landmarks/web/ort/.installed
-ORT_FILES   := ort.wasm.min.mjs ort-wasm-simd-threaded.mjs ort-wasm-simd-threaded.wasm \
-               ort.webgpu.min.mjs ort-wasm-simd-threaded.asyncify.mjs ort-wasm-simd-threaded.asyncify.wasm
+ORT_FILES   := $(shell grep -v "^\#" src/landmarks/web/runtime-files.txt)
 
-$(WEB_RUNTIME): package.json package-lock.json
+$(WEB_RUNTIME): package.json package-lock.json src/landmarks/web/runtime-files.txt
 	npm ci --no-audit --no-fund --loglevel=error
 	mkdir -p $(dir $@)
 	cd node_modules/onnxruntime-web/dist && cp $(ORT_FILES) $(CURDIR)/$(dir $@)

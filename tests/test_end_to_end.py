@@ -35,9 +35,11 @@ def test_glr_on_landmarks_mini_end_to_end(landmarks_data: Path, tmp_path: Path, 
     for plot in ("curves.png", "augmentations.png", "predictions.png", "reliability.png", "precision_coverage.png"):
         with Image.open(run / "plots" / plot) as image:
             assert image.size[0] > 300
-    calibration = json.loads((run / "calibration.json").read_text())
+    scoring = json.loads((run / "scoring.json").read_text())
+    calibration = scoring["calibration"]
     assert "calibration model" in calibration["fitted_on"]["queries"]
-    assert config["recognize"]["min_confidence"] == pytest.approx(calibration["threshold"], abs=1e-6)
+    assert scoring["recognize"]["min_confidence"] == pytest.approx(calibration["threshold"], abs=1e-6)
+    assert config["recognize"]["min_confidence"] == 0.3  # config.yaml stays what was asked
     held_out = json.loads((run / "metrics.json").read_text())
     assert held_out["accuracy"] > 3 / 41  # well above chance (1/41)
 

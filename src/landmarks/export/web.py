@@ -51,10 +51,10 @@ NON_LANDMARK_PROTOTYPES = 16
 KMEANS_ITERATIONS = 20
 MANIFEST_VERSION = 1
 PAGE_FILES = ("index.html", "live.js", "worker.js", "scoring.js", "sw.js", "live.css")
-# ONNX Runtime Web 1.30: the wasm build (CPU, SIMD, threads when cross-origin isolated) and the WebGPU build, each
-# an ES module plus its wasm; the page loads the WebGPU one only where the browser has an adapter.
-RUNTIME_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm",
-                 "ort.webgpu.min.mjs", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm")
+# ONNX Runtime Web (the version pinned in package.json): the files listed in web/runtime-files.txt, which the Makefile
+# copies too; the page loads the WebGPU build only where the browser has an adapter.
+RUNTIME_FILES = tuple(line.strip() for line in (resources.files("landmarks") / "web" / "runtime-files.txt")
+                      .read_text().splitlines() if line.strip() and not line.startswith("#"))
 RUNTIME_MISSING = ("The live page needs ONNX Runtime Web: install Node.js and npm, then run `make web` "
                    "(npm ci) in the landmarks checkout.")
 
