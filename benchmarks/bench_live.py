@@ -27,9 +27,13 @@ from pathlib import Path
 import uvicorn
 from playwright.sync_api import sync_playwright
 
-from common import data_dir, write_section
+import sys  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests_helpers: the fake camera clip
+from common import data_dir, write_section  # noqa: E402
+from tests_helpers import write_y4m
 from landmarks.data.catalog import read_catalog
-from landmarks.export.web import build_bundle, write_bundle, write_y4m
+from landmarks.export.web import build_bundle, write_bundle
 from landmarks.recognize.recognizer import Recognizer
 from landmarks.serve.app import create_app
 

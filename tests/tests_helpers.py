@@ -1,6 +1,8 @@
-"""Small builders shared by tests and the benchmarks' smoke runs (importable because tests/ is on sys.path under
-pytest's rootdir conftest); no test module imports another test module or conftest."""
+"""Small builders shared by tests and benchmarks (importable because tests/ is on sys.path under pytest's rootdir
+conftest; the benchmarks that use them put tests/ on their path). No test module imports another test module or
+conftest: what they share is here."""
 
+import copy
 import socket
 import threading
 import time
@@ -9,8 +11,10 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-
 from PIL import Image
+
+from landmarks.recognize.index import EmbeddingIndex
+from landmarks.recognize.recognizer import Recognizer
 
 
 def make_photo(path: Path, colour: tuple[int, int, int], size: tuple[int, int] = (48, 40), seed: int = 0) -> Path:
@@ -92,3 +96,38 @@ def running_server(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def with_prototypes(recognizer: Recognizer, prototypes: np.ndarray, landmark_ids: np.ndarray) -> Recognizer:
+    """A shallow copy of ``recognizer`` whose index is the prototypes, as float16 round-trips them (what the
+    device searches); scoring is the Recognizer's own, so Python and the page's ``scoring.js`` agree."""
+    device = copy.copy(recognizer)
+    vectors = prototypes.astype(np.float16).astype(np.float32)
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    device.index = EmbeddingIndex.build(vectors, [f"prototype-{i}" for i in range(len(vectors))], landmark_ids, "flat")
+    return device
+
+
+def write_y4m(photos: list[Path], out_path: Path, width: int = 320, height: int = 240, frames_per_photo: int = 10,
+              fps: int = 10) -> Path:
+    """A YUV4MPEG2 (4:2:0, BT.601 limited range) clip showing each photo for ``frames_per_photo`` frames, squashed to
+    ``width`` x ``height`` (as the page squashes frames): Chromium's ``--use-file-for-fake-video-capture`` plays it."""
+    if width % 2 or height % 2:
+        raise ValueError("a 4:2:0 clip needs an even width and height")
+    with open(out_path, "wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420\n".encode())
+        for photo in photos:
+            with Image.open(photo) as image:
+                rgb = np.asarray(image.convert("RGB").resize((width, height), Image.BILINEAR), dtype=np.float32)
+            r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+            y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
+            cb = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
+            cr = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
+
+            def half(plane: np.ndarray) -> np.ndarray:
+                return plane.reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3))
+
+            frame = b"FRAME\n" + b"".join(np.clip(np.rint(p), 0, 255).astype(np.uint8).tobytes()
+                                          for p in (y, half(cb), half(cr)))
+            out.write(frame * frames_per_photo)
+    return out_path

@@ -21,7 +21,7 @@ from landmarks.evaluate.metrics import accuracy, global_average_precision
 from landmarks.export.onnx import export_onnx
 from landmarks.export.web import (
     RUNTIME_FILES, RUNTIME_MISSING, build_bundle, compact_references, page_dir, recognizer_prototypes, runtime_dir,
-    scoring_rule, spherical_kmeans, with_prototypes, write_bundle, write_y4m,
+    scoring_rule, spherical_kmeans, write_bundle,
 )
 from landmarks.run_folder import RunFolder
 from landmarks.recognize.confidence import Calibration, FEATURES
@@ -30,6 +30,7 @@ from landmarks.recognize.geo import Location, geo_factor, haversine_km
 from landmarks.recognize.index import EmbeddingIndex
 from landmarks.recognize.recognizer import Recognizer
 from landmarks.train.run import train
+from tests_helpers import with_prototypes, write_y4m
 
 NODE = shutil.which("node")
 ROOT = Path(__file__).resolve().parents[2]
@@ -228,7 +229,7 @@ def test_prototypes_on_landmarks_mini(landmarks_data: Path, tmp_path: Path):
     truth = test["landmark_id"].to_numpy()
     embeddings, logits, _, _ = embed_paths(recognizer.embedder, test["path"].tolist(), 32, 2)
     results = {}
-    for name, r in (("full", recognizer), ("prototypes", with_prototypes(recognizer, *recognizer_prototypes(recognizer)))):
+    for name, r in (("full", recognizer), ("prototypes"(recognizer, *recognizer_prototypes(recognizer)))):
         predictions = r.score(embeddings, logits)
         predicted = np.array([p.landmark_id for p in predictions])
         confidence = np.array([p.confidence for p in predictions])

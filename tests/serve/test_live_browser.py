@@ -21,12 +21,12 @@ from landmarks.config import load_config
 from landmarks.data.catalog import NO_LANDMARK_NAME, read_catalog
 from landmarks.data.images import decode_image
 from landmarks.export.onnx import export_onnx, quantize_int8
-from landmarks.export.web import recognizer_prototypes, runtime_dir, with_prototypes, write_y4m
+from landmarks.export.web import recognizer_prototypes, runtime_dir
 from landmarks.run_folder import RunFolder
 from landmarks.recognize.recognizer import Recognizer
 from landmarks.serve.app import create_app
 from landmarks.train.run import train
-from tests_helpers import running_server
+from tests_helpers import running_server, with_prototypes, write_y4m
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.browser, pytest.mark.slow,

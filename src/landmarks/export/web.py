@@ -22,7 +22,6 @@ What the folder holds (``manifest.json`` lists it):
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -34,12 +33,10 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-from PIL import Image
 
 from landmarks.data.catalog import NO_LANDMARK
 from landmarks.errors import ConfigError, DataError
 from landmarks.recognize.confidence import FEATURES
-from landmarks.recognize.index import EmbeddingIndex
 from landmarks.recognize.recognizer import Recognizer
 from landmarks.run_folder import RunFolder
 from landmarks.utils import atomic_write_bytes, atomic_write_text
@@ -112,16 +109,6 @@ def recognizer_prototypes(recognizer: Recognizer, per_landmark: int = PROTOTYPES
     if index is None or len(index) == 0:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64)
     return compact_references(index.vectors(), index.landmark_ids, per_landmark, mode=mode)
-
-
-def with_prototypes(recognizer: Recognizer, prototypes: np.ndarray, landmark_ids: np.ndarray) -> Recognizer:
-    """A shallow copy of ``recognizer`` whose index is the prototypes, as float16 round-trips them (what the
-    device searches); scoring is the Recognizer's own, so Python and the page's ``scoring.js`` agree."""
-    device = copy.copy(recognizer)
-    vectors = prototypes.astype(np.float16).astype(np.float32)
-    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    device.index = EmbeddingIndex.build(vectors, [f"prototype-{i}" for i in range(len(vectors))], landmark_ids, "flat")
-    return device
 
 
 # -- the bundle ---------------------------------------------------------------------------------------
@@ -284,26 +271,3 @@ def export_web(run_dir: Path, out_dir: Path, per_landmark: int = PROTOTYPES_PER_
 
 
 # -- a fake camera for tests and benchmarks -------------------------------------------------------------
-def write_y4m(photos: list[Path], out_path: Path, width: int = 320, height: int = 240, frames_per_photo: int = 10,
-              fps: int = 10) -> Path:
-    """A YUV4MPEG2 (4:2:0, BT.601 limited range) clip showing each photo for ``frames_per_photo`` frames, squashed to
-    ``width`` x ``height`` (as the page squashes frames): Chromium's ``--use-file-for-fake-video-capture`` plays it."""
-    if width % 2 or height % 2:
-        raise ValueError("a 4:2:0 clip needs an even width and height")
-    with open(out_path, "wb") as out:
-        out.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420\n".encode())
-        for photo in photos:
-            with Image.open(photo) as image:
-                rgb = np.asarray(image.convert("RGB").resize((width, height), Image.BILINEAR), dtype=np.float32)
-            r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-            y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
-            cb = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
-            cr = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
-
-            def half(plane: np.ndarray) -> np.ndarray:
-                return plane.reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3))
-
-            frame = b"FRAME\n" + b"".join(np.clip(np.rint(p), 0, 255).astype(np.uint8).tobytes()
-                                          for p in (y, half(cb), half(cr)))
-            out.write(frame * frames_per_photo)
-    return out_path
