@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -27,11 +28,9 @@ from pathlib import Path
 import uvicorn
 from playwright.sync_api import sync_playwright
 
-import sys  # noqa: E402
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # tests_helpers: the fake camera clip
 from common import data_dir, write_section  # noqa: E402
-from tests_helpers import write_y4m
+from tests_helpers import write_y4m  # noqa: E402
 from landmarks.data.catalog import read_catalog
 from landmarks.export.web import build_bundle, write_bundle
 from landmarks.recognize.recognizer import Recognizer
