@@ -42,3 +42,10 @@ def test_dump_and_reload_round_trip(tmp_path: Path):
     again = load_config(str(tmp_path / "config.yaml"))
     assert again.train.epochs == 7 and again.model.mean == (0.5, 0.5, 0.5)
     assert again.to_dict()["model"] == config.to_dict()["model"]
+
+
+def test_a_renamed_key_is_still_read_with_a_warning(caplog: pytest.LogCaptureFixture):
+    with caplog.at_level("WARNING"):
+        config = load_config("glr", ["recognize.calibrate=true"])
+    assert config.recognize.search_knn_weight is True
+    assert "recognize.calibrate is now recognize.search_knn_weight" in caplog.text
