@@ -12,34 +12,7 @@ from landmarks.models.heads import dynamic_margins
 from landmarks.models.landmark_model import LandmarkModel
 from landmarks.models.registry import build_model
 from landmarks.run_folder import RunFolder
-
-CONFIGS = {
-    "seed_cnn": ModelConfig(architecture="seed_cnn", embedding_dim=32),
-    "classifier": ModelConfig(architecture="classifier", backbone="test_efficientnet", embedding_dim=16),
-    "classifier_arcface": ModelConfig(architecture="classifier", backbone="test_resnet", head="arcface",
-                                      embedding_dim=16, arcface_subcenters=2),
-    "glr": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem", embedding_dim=16),
-    "glr_descriptor": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem", embedding_dim=16,
-                                  descriptor_dims=4, descriptor_weight=2.0),
-    "glr_stage_descriptor": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem",
-                                        embedding_dim=16, descriptor_dims=4, descriptor_stage=2),
-}
-COUNTS = np.array([1, 16, 256, 3])
-
-
-def _build(name: str) -> LandmarkModel:
-    torch.manual_seed(0)
-    return build_model(CONFIGS[name], num_classes=4, image_size_px=32, class_counts=COUNTS)
-
-
-def _described(model: LandmarkModel, images: torch.Tensor) -> torch.Tensor:
-    """What the model's descriptor whitens for these photos: the pooled final features, or those of its stage."""
-    with torch.no_grad():
-        if model.head.descriptor_stage is None:
-            return model.head.pool(model.features(images))
-        _, (tapped,) = model.backbone.forward_intermediates((images - model.mean) / model.std,
-                                                            indices=[model.head.descriptor_stage])
-        return model.head.descriptor_pool(tapped)
+from tests_helpers import CLASS_COUNTS, MODEL_CONFIGS, build_test_model, described_features
 
 
 def _perturb(model: LandmarkModel) -> None:
@@ -52,18 +25,18 @@ def _perturb(model: LandmarkModel) -> None:
     model.eval()
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", list(MODEL_CONFIGS))
 def test_save_load_round_trip_gives_identical_outputs(tmp_path: Path, name: str):
-    model = _build(name)
+    model = build_test_model(name)
     _perturb(model)
     if getattr(model.head, "descriptor", None) is not None:
-        model.head.descriptor.fit(_described(model, torch.rand(8, 3, 32, 32)).numpy())
-    RunFolder(tmp_path).save_model(model, CONFIGS[name])
+        model.head.descriptor.fit(described_features(model, torch.rand(8, 3, 32, 32)).numpy())
+    RunFolder(tmp_path).save_model(model, MODEL_CONFIGS[name])
     assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.glob(".*tmp*"))
     meta = json.loads((tmp_path / "model.json").read_text())
-    assert meta["architecture"] == CONFIGS[name].architecture and meta["num_classes"] == 4
+    assert meta["architecture"] == MODEL_CONFIGS[name].architecture and meta["num_classes"] == 4
     assert meta["input_size_px"] == 32 and meta["embedding_dim"] == model.embedding_dim
-    assert meta["config"]["backbone"] == CONFIGS[name].backbone and len(meta["mean"]) == 3
+    assert meta["config"]["backbone"] == MODEL_CONFIGS[name].backbone and len(meta["mean"]) == 3
 
     loaded = RunFolder(tmp_path).load_model()
     assert not loaded.training and type(loaded.head) is type(model.head)
@@ -77,12 +50,12 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path: Path, name: str)
 
 
 def test_margins_come_from_class_counts_and_survive_a_round_trip(tmp_path: Path):
-    model = _build("glr")
-    expected = torch.from_numpy(dynamic_margins(COUNTS, 0.05, 0.45))
+    model = build_test_model("glr")
+    expected = torch.from_numpy(dynamic_margins(CLASS_COUNTS, 0.05, 0.45))
     assert torch.equal(model.head.arcface.margins, expected)
-    RunFolder(tmp_path).save_model(model, CONFIGS["glr"])
+    RunFolder(tmp_path).save_model(model, MODEL_CONFIGS["glr"])
     assert torch.equal(RunFolder(tmp_path).load_model().head.arcface.margins, expected)  # rebuilt without class_counts
-    plain = build_model(CONFIGS["glr"], num_classes=4, image_size_px=32)
+    plain = build_model(MODEL_CONFIGS["glr"], num_classes=4, image_size_px=32)
     assert plain.head.arcface.margins.tolist() == pytest.approx([0.05] * 4)
 
 
@@ -98,15 +71,15 @@ def test_load_rebuilds_without_pretrained_weights(tmp_path: Path):
 def test_missing_model_json_is_a_data_error(tmp_path: Path):
     with pytest.raises(DataError, match=r"is not a run folder: model\.json is missing"):
         RunFolder(tmp_path).load_model()
-    model = _build("seed_cnn")
-    RunFolder(tmp_path).save_model(model, CONFIGS["seed_cnn"])
+    model = build_test_model("seed_cnn")
+    RunFolder(tmp_path).save_model(model, MODEL_CONFIGS["seed_cnn"])
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(DataError, match=r"model\.safetensors is missing"):
         RunFolder(tmp_path).load_model()
 
 
 def test_weights_that_do_not_match_model_json_are_a_data_error(tmp_path: Path):
-    RunFolder(tmp_path).save_model(_build("seed_cnn"), CONFIGS["seed_cnn"])
+    RunFolder(tmp_path).save_model(build_test_model("seed_cnn"), MODEL_CONFIGS["seed_cnn"])
     meta = json.loads((tmp_path / "model.json").read_text())
     meta["num_classes"] = 5
     (tmp_path / "model.json").write_text(json.dumps(meta))

@@ -11,8 +11,13 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import torch
 from PIL import Image
 
+from landmarks.config import ModelConfig
+from landmarks.models.landmark_model import LandmarkModel
+from landmarks.models.registry import build_model
+from landmarks.recognize.confidence import FEATURES
 from landmarks.recognize.index import EmbeddingIndex
 from landmarks.recognize.recognizer import Recognizer
 
@@ -131,3 +136,59 @@ def write_y4m(photos: list[Path], out_path: Path, width: int = 320, height: int 
                                           for p in (y, half(cb), half(cr)))
             out.write(frame * frames_per_photo)
     return out_path
+
+
+MODEL_CONFIGS = {  # one small model of each kind, on timm's test backbones
+    "seed_cnn": ModelConfig(architecture="seed_cnn", embedding_dim=32),
+    "classifier": ModelConfig(architecture="classifier", backbone="test_efficientnet", embedding_dim=16),
+    "classifier_arcface": ModelConfig(architecture="classifier", backbone="test_resnet", head="arcface",
+                                      embedding_dim=16, arcface_subcenters=2),
+    "glr": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem", embedding_dim=16),
+    "glr_descriptor": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem", embedding_dim=16,
+                                  descriptor_dims=4, descriptor_weight=2.0),
+    "glr_stage_descriptor": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem",
+                                        embedding_dim=16, descriptor_dims=4, descriptor_stage=2),
+}
+CLASS_COUNTS = np.array([1, 16, 256, 3])
+
+
+def build_test_model(name: str) -> LandmarkModel:
+    """The model ``MODEL_CONFIGS[name]`` describes, 4 classes at 32 px, seeded."""
+    torch.manual_seed(0)
+    return build_model(MODEL_CONFIGS[name], num_classes=4, image_size_px=32, class_counts=CLASS_COUNTS)
+
+
+def scores_only(scores) -> np.ndarray:
+    features = np.zeros((len(scores), len(FEATURES)))
+    features[:, 0] = scores
+    return features
+
+
+def noisy_samples(seed: int = 0, count: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """Scores in [0, 1] where P(right) = score (a perfectly calibrated score)."""
+    rng = np.random.default_rng(seed)
+    scores = rng.uniform(0, 1, count)
+    return scores, (rng.uniform(0, 1, count) < scores).astype(int)
+
+
+HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
+                   "train_seconds", "images_per_second", "backbone_frozen"]
+
+
+def assert_png(path: Path) -> None:
+    """The file exists and is a whole PNG."""
+    assert path.is_file(), path
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and min(image.size) > 50, path
+
+
+def described_features(model: LandmarkModel, images: torch.Tensor) -> torch.Tensor:
+    """What the model's descriptor whitens for these photos: the pooled final features, or those of its stage."""
+    with torch.no_grad():
+        if model.head.descriptor_stage is None:
+            return model.head.pool(model.features(images))
+        _, (tapped,) = model.backbone.forward_intermediates((images - model.mean) / model.std,
+                                                            indices=[model.head.descriptor_stage])
+        return model.head.descriptor_pool(tapped)

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
 from landmarks.config import RecognizeConfig
 from landmarks.data.catalog import NO_LANDMARK, NO_LANDMARK_NAME
@@ -18,19 +17,7 @@ from landmarks.evaluate.report import compute_metrics, evaluate_run, write_submi
 from landmarks.recognize.index import EmbeddingIndex
 from landmarks.recognize.prediction import Candidate, Prediction
 from landmarks.recognize.recognizer import Recognizer
-from tests_helpers import FixedEmbedder, unit
-
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
-                   "train_seconds", "images_per_second", "backbone_frozen"]
-
-
-def assert_png(path: Path) -> None:
-    """The file exists and is a whole PNG."""
-    assert path.is_file(), path
-    with Image.open(path) as image:
-        image.verify()
-    with Image.open(path) as image:
-        assert image.format == "PNG" and min(image.size) > 50, path
+from tests_helpers import FixedEmbedder, assert_png, unit
 
 
 # -- compute_metrics on hand-made predictions ------------------------------------------------------------

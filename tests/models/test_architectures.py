@@ -1,38 +1,19 @@
 """The registered architectures: their heads, mean and std, descriptor levels."""
 
-import numpy as np
 import pytest
-import torch
 
 from landmarks.config import ModelConfig
 from landmarks.errors import ConfigError
-from landmarks.models.landmark_model import ArcFaceHead, LandmarkModel, PooledDenseHead
+from landmarks.models.landmark_model import ArcFaceHead, PooledDenseHead
 from landmarks.models.registry import build_model
-
-CONFIGS = {
-    "seed_cnn": ModelConfig(architecture="seed_cnn", embedding_dim=32),
-    "classifier": ModelConfig(architecture="classifier", backbone="test_efficientnet", embedding_dim=16),
-    "classifier_arcface": ModelConfig(architecture="classifier", backbone="test_resnet", head="arcface",
-                                      embedding_dim=16, arcface_subcenters=2),
-    "glr": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem", embedding_dim=16),
-    "glr_descriptor": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem", embedding_dim=16,
-                                  descriptor_dims=4, descriptor_weight=2.0),
-    "glr_stage_descriptor": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem",
-                                        embedding_dim=16, descriptor_dims=4, descriptor_stage=2),
-}
-COUNTS = np.array([1, 16, 256, 3])
-
-
-def _build(name: str) -> LandmarkModel:
-    torch.manual_seed(0)
-    return build_model(CONFIGS[name], num_classes=4, image_size_px=32, class_counts=COUNTS)
+from tests_helpers import build_test_model
 
 
 def test_heads_per_architecture():
-    assert isinstance(_build("classifier").head, PooledDenseHead)
-    arcface = _build("classifier_arcface").head
+    assert isinstance(build_test_model("classifier").head, PooledDenseHead)
+    arcface = build_test_model("classifier_arcface").head
     assert isinstance(arcface, ArcFaceHead) and arcface.arcface.weight.shape == (4 * 2, 16)
-    glr = _build("glr").head
+    glr = build_test_model("glr").head
     assert isinstance(glr, ArcFaceHead) and type(glr.pool).__name__ == "GeM" and glr.arcface.subcenters == 3
 
 

@@ -1,43 +1,12 @@
 """The model: its methods agree, the descriptor extends the embedding."""
 
-import numpy as np
 import torch
 
-from landmarks.config import ModelConfig
-from landmarks.models.landmark_model import LandmarkModel
-from landmarks.models.registry import build_model
-
-CONFIGS = {
-    "seed_cnn": ModelConfig(architecture="seed_cnn", embedding_dim=32),
-    "classifier": ModelConfig(architecture="classifier", backbone="test_efficientnet", embedding_dim=16),
-    "classifier_arcface": ModelConfig(architecture="classifier", backbone="test_resnet", head="arcface",
-                                      embedding_dim=16, arcface_subcenters=2),
-    "glr": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem", embedding_dim=16),
-    "glr_descriptor": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem", embedding_dim=16,
-                                  descriptor_dims=4, descriptor_weight=2.0),
-    "glr_stage_descriptor": ModelConfig(architecture="glr", backbone="test_efficientnet", pooling="gem",
-                                        embedding_dim=16, descriptor_dims=4, descriptor_stage=2),
-}
-COUNTS = np.array([1, 16, 256, 3])
-
-
-def _build(name: str) -> LandmarkModel:
-    torch.manual_seed(0)
-    return build_model(CONFIGS[name], num_classes=4, image_size_px=32, class_counts=COUNTS)
-
-
-def _described(model: LandmarkModel, images: torch.Tensor) -> torch.Tensor:
-    """What the model's descriptor whitens for these photos: the pooled final features, or those of its stage."""
-    with torch.no_grad():
-        if model.head.descriptor_stage is None:
-            return model.head.pool(model.features(images))
-        _, (tapped,) = model.backbone.forward_intermediates((images - model.mean) / model.std,
-                                                            indices=[model.head.descriptor_stage])
-        return model.head.descriptor_pool(tapped)
+from tests_helpers import build_test_model, described_features
 
 
 def test_model_methods_agree():
-    model = _build("glr").eval()
+    model = build_test_model("glr").eval()
     images = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         feature_map = model.features(images)
@@ -54,7 +23,7 @@ def test_model_methods_agree():
 
 
 def test_the_descriptor_extends_the_embedding_and_leaves_the_logits_alone():
-    plain, extended = _build("glr").eval(), _build("glr_descriptor").eval()
+    plain, extended = build_test_model("glr").eval(), build_test_model("glr_descriptor").eval()
     assert extended.load_state_dict(plain.state_dict(), strict=False).missing_keys == [
         "head.descriptor.center", "head.descriptor.projection"]
     images = torch.rand(8, 3, 32, 32)
@@ -68,16 +37,16 @@ def test_the_descriptor_extends_the_embedding_and_leaves_the_logits_alone():
 
 
 def test_a_stage_descriptor_whitens_that_level_of_the_backbone():
-    model = _build("glr_stage_descriptor").eval()
+    model = build_test_model("glr_stage_descriptor").eval()
     assert model.head.descriptor.center.numel() == 32  # test_efficientnet's feature level 2
     images = torch.rand(8, 3, 32, 32)
     with torch.no_grad():
         before, _ = model(images)
         from_features, _ = model.head_from_features(model.features(images))  # training on cached feature maps
-        model.head.descriptor.fit(_described(model, images).numpy())
+        model.head.descriptor.fit(described_features(model, images).numpy())
         after, logits = model(images)
-        final_level = _build("glr_descriptor").eval()
-        final_level.head.descriptor.fit(_described(final_level, images).numpy())
+        final_level = build_test_model("glr_descriptor").eval()
+        final_level.head.descriptor.fit(described_features(final_level, images).numpy())
     assert before.shape == after.shape == (8, 16 + 4) and not before[:, 16:].any() and not from_features[:, 16:].any()
     assert torch.allclose(after[:, :16], before[:, :16]) and torch.allclose(model.plain_logits(after), logits, atol=1e-5)
     assert torch.allclose(after[:, 16:].norm(dim=1), torch.ones(8), atol=1e-5)

@@ -8,21 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from landmarks.recognize.confidence import is_known, Calibration, FEATURES, prediction_features
+from landmarks.recognize.confidence import is_known, Calibration, prediction_features
 from landmarks.train.fit_confidence import fit_calibration
-
-
-def scores_only(scores) -> np.ndarray:
-    features = np.zeros((len(scores), len(FEATURES)))
-    features[:, 0] = scores
-    return features
-
-
-def noisy_samples(seed: int = 0, count: int = 400) -> tuple[np.ndarray, np.ndarray]:
-    """Scores in [0, 1] where P(right) = score (a perfectly calibrated score)."""
-    rng = np.random.default_rng(seed)
-    scores = rng.uniform(0, 1, count)
-    return scores, (rng.uniform(0, 1, count) < scores).astype(int)
+from tests_helpers import noisy_samples, scores_only
 
 
 def test_prediction_features_by_hand():

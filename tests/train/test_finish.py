@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from landmarks.config import Config, RecognizeConfig, load_config
 from landmarks.data.images import decode_image
@@ -23,19 +22,7 @@ from landmarks.run_folder import RunFolder
 from landmarks.recognize.index import EmbeddingIndex
 from landmarks.recognize.prediction import Prediction
 from landmarks.recognize.recognizer import Recognizer
-from tests_helpers import FixedEmbedder, unit
-
-HISTORY_COLUMNS = ["epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds",
-                   "train_seconds", "images_per_second", "backbone_frozen"]
-
-
-def assert_png(path: Path) -> None:
-    """The file exists and is a whole PNG."""
-    assert path.is_file(), path
-    with Image.open(path) as image:
-        image.verify()
-    with Image.open(path) as image:
-        assert image.format == "PNG" and min(image.size) > 50, path
+from tests_helpers import FixedEmbedder, HISTORY_COLUMNS, assert_png, unit
 
 
 def split_frame(run_dir: Path) -> pd.DataFrame:

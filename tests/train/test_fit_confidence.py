@@ -10,19 +10,7 @@ from landmarks.errors import ConfigError
 from landmarks.recognize.confidence import FEATURES
 from landmarks.train.fit_confidence import choose_threshold, fit_calibration, fit_logistic, pool_adjacent_violators
 from landmarks.evaluate.metrics import expected_calibration_error
-
-
-def scores_only(scores) -> np.ndarray:
-    features = np.zeros((len(scores), len(FEATURES)))
-    features[:, 0] = scores
-    return features
-
-
-def noisy_samples(seed: int = 0, count: int = 400) -> tuple[np.ndarray, np.ndarray]:
-    """Scores in [0, 1] where P(right) = score (a perfectly calibrated score)."""
-    rng = np.random.default_rng(seed)
-    scores = rng.uniform(0, 1, count)
-    return scores, (rng.uniform(0, 1, count) < scores).astype(int)
+from tests_helpers import noisy_samples, scores_only
 
 
 @pytest.mark.parametrize("method", ["platt", "isotonic"])
