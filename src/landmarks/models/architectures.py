@@ -49,7 +49,8 @@ def _build_on_backbone(cfg: ModelConfig, num_classes: int, image_size_px: int, c
                        arcface: bool) -> LandmarkModel:
     if not cfg.backbone:
         raise ConfigError(f"model.backbone must name a timm model for architecture {cfg.architecture}.")
-    backbone, channels, data_config = create_backbone(cfg.backbone, cfg.pretrained)
+    backbone, channels, data_config = create_backbone(cfg.backbone, cfg.pretrained, image_size_px,
+                                                      class_token=cfg.pooling == "cls", **cfg.backbone_kwargs)
     pooling = make_pooling(cfg.pooling, cfg.gem_p)
     head: nn.Module = (ArcFaceHead(pooling, channels, cfg, num_classes, class_counts, _stage_channels(backbone, cfg))
                        if arcface

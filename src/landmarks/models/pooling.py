@@ -1,4 +1,4 @@
-"""Global pooling of a feature map (N, C, h, w) -> (N, C): average and generalized-mean (GeM) pooling."""
+"""Global pooling of a feature map (N, C, h, w) -> (N, C): average, generalized-mean (GeM) and a ViT's class token."""
 
 from __future__ import annotations
 
@@ -33,11 +33,19 @@ class AvgPool(nn.Module):
         return feature_map.mean(dim=(2, 3))
 
 
-POOLING: dict[str, type[nn.Module]] = {"avg": AvgPool, "gem": GeM}
+class ClassToken(nn.Module):
+    """A ViT's class token: with ``model.pooling=cls`` its backbone's feature map is that token, (N, C, 1, 1)
+    (``landmarks.models.backbones.ViTFeatureMap``), so pooling only flattens it."""
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return feature_map.flatten(1)
+
+
+POOLING: dict[str, type[nn.Module]] = {"avg": AvgPool, "gem": GeM, "cls": ClassToken}
 
 
 def make_pooling(name: str, gem_p: float = 3.0) -> nn.Module:
-    """The pooling layer a config names (``avg`` or ``gem`` starting at p = gem_p)."""
+    """The pooling layer a config names (``avg``, ``gem`` starting at p = gem_p, or ``cls``)."""
     if name not in POOLING:
         raise ConfigError(f"model.pooling={name!r} is not one of {', '.join(POOLING)}.")
     return GeM(gem_p) if name == "gem" else POOLING[name]()

@@ -39,11 +39,13 @@ class ModelConfig(Section):
     """Architecture: seed_cnn (from scratch), classifier (backbone + dense head) or glr (GeM + ArcFace)."""
 
     architecture: str = "seed_cnn"  # a name in landmarks.models.registry.ARCHITECTURES
-    backbone: str = ""  # any timm model name
+    backbone: str = ""  # any timm model name: a CNN, or a ViT (DINOv2/v3, CLIP, SigLIP, EVA-02...) at data.image_size_px
+    # keyword arguments for timm.create_model (e.g. {depth: 2, embed_dim: 96, num_heads: 2}: a small test ViT)
+    backbone_kwargs: dict[str, int | float | bool | str] = Field(default_factory=dict)
     pretrained: str = "none"  # none | imagenet (offline sources only) | hub (explicit download) | /path/to/weights
     mean: tuple[float, float, float] | None = None  # None: from the backbone (seed_cnn: 0, i.e. inputs in [0, 1])
     std: tuple[float, float, float] | None = None
-    pooling: str = "avg"  # a name in landmarks.models.pooling.POOLING
+    pooling: str = "avg"  # a name in landmarks.models.pooling.POOLING (cls: a ViT's class token)
     gem_p: float = 3.0
     embedding_dim: int = 512  # neck / dense layer width
     dropout: float = 0.5
