@@ -52,6 +52,11 @@ PAGE_FILES = ("index.html", "live.js", "worker.js", "scoring.js", "sw.js", "live
 # copies too; the page loads the WebGPU build only where the browser has an adapter.
 RUNTIME_FILES = tuple(line.strip() for line in (resources.files("landmarks") / "web" / "runtime-files.txt")
                       .read_text().splitlines() if line.strip() and not line.startswith("#"))
+# The largest device model the live page is meant for: what a phone on a 4G connection (10-20 Mbit/s) downloads in
+# 20-30 s on its first visit (the service worker keeps it after that), and what ONNX Runtime Web's wasm heap holds
+# with room to spare on a phone. ViT-S/14 int8 (~23 MB) and EfficientNet-Lite int8 (4-6 MB) fit; fp32 ViT-S (88 MB)
+# and ViT-B int8 (~88 MB) do not. A larger model is still bundled, with one sentence saying so.
+DEVICE_MODEL_LIMIT_BYTES = 40_000_000
 RUNTIME_MISSING = ("The live page needs ONNX Runtime Web: install Node.js and npm, then run `make web` "
                    "(npm ci) in the landmarks checkout.")
 
@@ -119,6 +124,16 @@ def device_model(run_dir: Path) -> tuple[Path, str]:
         if path.is_file():
             return path, variant
     raise DataError(f"{run_dir} has no {RunFolder.ONNX}; run `landmarks export {run_dir} --quantize int8` first.")
+
+
+def device_model_note(size_bytes: int, variant: str, limit_bytes: int = DEVICE_MODEL_LIMIT_BYTES) -> str | None:
+    """One sentence when the device model is larger than the live page is meant for; None when it fits."""
+    if size_bytes <= limit_bytes:
+        return None
+    advice = ("export with --quantize int8 (about 4x smaller) or train a smaller backbone" if variant == "fp32"
+              else "train a smaller backbone (a ViT-S/14 is about 23 MB in int8)")
+    return (f"The device model ({variant}) is {size_bytes / 1e6:.1f} MB, more than the {limit_bytes / 1e6:.0f} MB a phone "
+            f"should download for the live page: {advice}.")
 
 
 def page_dir() -> Path:
@@ -207,6 +222,9 @@ def build_bundle(recognizer: Recognizer, run_dir: Path, per_landmark: int = PROT
             bundle.files[f"ort/{name}"] = runtime / name
     else:
         log.warning(RUNTIME_MISSING)
+    too_large = device_model_note(model_path.stat().st_size, variant)
+    if too_large:
+        log.warning(too_large)
     digest = hashlib.sha1(prototype_bytes + landmarks_bytes)
     for name in PAGE_FILES:
         digest.update((page_dir() / name).read_bytes())
@@ -218,7 +236,8 @@ def build_bundle(recognizer: Recognizer, run_dir: Path, per_landmark: int = PROT
         "content_hash": digest.hexdigest()[:16],
         "model": {"file": "model.onnx", "source": model_path.name, "variant": variant,
                   "size_bytes": model_path.stat().st_size, "input_size_px": int(recognizer.input_size_px),
-                  "input": "images", "layout": "NHWC uint8 RGB", "outputs": ["embedding", "logits"]},
+                  "input": "images", "layout": "NHWC uint8 RGB", "outputs": ["embedding", "logits"],
+                  "limit_bytes": DEVICE_MODEL_LIMIT_BYTES, "too_large": too_large},
         "prototypes": {"file": "prototypes.bin", "dtype": "float16", "count": int(len(prototypes)),
                        "dim": int(prototypes.shape[1]) if len(prototypes) else 0, "per_landmark": per_landmark,
                        "mode": "centroid", "landmark_ids": [int(i) for i in prototype_ids]},
@@ -258,6 +277,8 @@ def write_bundle(bundle: WebBundle, out_dir: Path) -> dict[str, object]:
         "size_mb (no wasm)": round(bundle.size_bytes(include_runtime_wasm=False) / 1e6, 2),
         "size_mb (with wasm)": round(bundle.size_bytes() / 1e6, 2),
     }
+    if model.get("too_large"):
+        report["device model"] = model["too_large"]
     if bundle.manifest["runtime"]["missing"]:
         report["live page"] = bundle.manifest["runtime"]["missing"]
     return report

@@ -214,7 +214,7 @@ async function main() {
   $("info-close").addEventListener("click", () => { $("info-card").hidden = true; });
   $("share-location").addEventListener("click", shareLocation);
   $("ask-server").addEventListener("click", askServer);
-  status("Loading the model…");
+  status(manifest.model.too_large ? `Loading the model… ${manifest.model.too_large}` : "Loading the model…");
   await startWorker();
   stats.loadMs = performance.now();  // navigation start -> bundle fetched and the model ready to run
   status("Starting the camera…");
