@@ -126,8 +126,10 @@ def device_model(run_dir: Path) -> tuple[Path, str]:
     raise DataError(f"{run_dir} has no {RunFolder.ONNX}; run `landmarks export {run_dir} --quantize int8` first.")
 
 
-def device_model_note(size_bytes: int, variant: str, limit_bytes: int = DEVICE_MODEL_LIMIT_BYTES) -> str | None:
-    """One sentence when the device model is larger than the live page is meant for; None when it fits."""
+def device_model_note(size_bytes: int, variant: str, limit_bytes: int | None = None) -> str | None:
+    """One sentence when the device model is larger than ``limit_bytes`` (default ``DEVICE_MODEL_LIMIT_BYTES``), what
+    the live page is meant for; None when it fits."""
+    limit_bytes = DEVICE_MODEL_LIMIT_BYTES if limit_bytes is None else limit_bytes
     if size_bytes <= limit_bytes:
         return None
     advice = ("export with --quantize int8 (about 4x smaller) or train a smaller backbone" if variant == "fp32"
