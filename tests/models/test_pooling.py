@@ -36,13 +36,15 @@ def test_gem_clamps_negatives_to_eps_and_p_is_trainable():
 
 def test_pooling_registry_shapes():
     x = torch.rand(2, 5, 3, 4)
-    assert set(POOLING) == {"avg", "gem"}
+    assert set(POOLING) == {"avg", "gem", "cls"}
     assert POOLING["gem"] is GeM
     assert torch.allclose(AvgPool()(x), x.mean(dim=(2, 3)))
     gem = make_pooling("gem", 2.5)
     assert isinstance(gem, GeM) and gem.p.item() == pytest.approx(2.5)
     assert torch.allclose(gem(x), x.clamp(min=1e-6).pow(2.5).mean(dim=(2, 3)).pow(1 / 2.5), atol=1e-6)
     assert torch.allclose(make_pooling("avg")(x), x.mean(dim=(2, 3)))
+    token = torch.rand(2, 5, 1, 1)  # a ViT's class token as its feature map (model.pooling=cls)
+    assert torch.equal(make_pooling("cls")(token), token[:, :, 0, 0])
 
 
 def test_unknown_pooling_is_a_config_error():
