@@ -5,7 +5,7 @@
 
 Each backbone is built as ``foundation-knn`` builds it (ViT-S/14 ``vit_small_patch14_dinov2``, class token) or as
 ``glr`` does (Lite2, ImageNet weights, GeM), exported with ``landmarks.export.onnx`` (fp32 ``model.onnx``, and
-``model.int8.onnx``: static int8 calibrated on 32 photos), then each of PyTorch eager, ONNX Runtime fp32 and ONNX
+``model.int8.onnx``: static int8 calibrated on 8 photos, which speed does not depend on), then each of PyTorch eager, ONNX Runtime fp32 and ONNX
 Runtime int8 embeds the same landmarks-mini photos (decoded beforehand, batches of 16, after one warm-up batch) in
 a process of its own, so that its peak memory (VmHWM) is its own. Speed does not depend on the weights: the ViT's
 are random (no DINOv2 weights on this machine), Lite2's are ImageNet's.
@@ -63,7 +63,7 @@ def prepare(spec: dict, folder: Path, data: Path) -> dict:
     started = time.perf_counter()
     export_onnx(model, folder / "model.onnx")
     exported = time.perf_counter()
-    quantize_int8(folder / "model.onnx", folder / "model.int8.onnx", photos(data, spec["size"], 32))
+    quantize_int8(folder / "model.onnx", folder / "model.int8.onnx", photos(data, spec["size"], 8))
     return {"parameters_m": sum(p.numel() for p in model.backbone.parameters()) / 1e6,
             "onnx_mb": (folder / "model.onnx").stat().st_size / 1e6,
             "int8_mb": (folder / "model.int8.onnx").stat().st_size / 1e6,
