@@ -13,10 +13,10 @@ import pytest
 from conftest import build_tiny_gldv2
 from landmarks.cli import main
 from landmarks.data.catalog import read_catalog
-from landmarks.export.web import DEVICE_MODEL_LIMIT_BYTES, recognizer_prototypes, runtime_dir, with_prototypes, write_y4m
+from landmarks.export.web import DEVICE_MODEL_LIMIT_BYTES, recognizer_prototypes, runtime_dir
 from landmarks.recognize.recognizer import Recognizer
 from landmarks.serve.app import create_app
-from tests_helpers import running_server
+from tests_helpers import running_server, with_prototypes, write_y4m
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
