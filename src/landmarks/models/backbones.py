@@ -48,9 +48,10 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 FEATURE_MAP_ARGS: dict[str, Any] = {"num_classes": 0, "global_pool": ""}
 
 
-def _how_to_supply(name: str, what: str = "No offline ImageNet weights were found") -> str:
+def _how_to_supply(name: str, what: str | None = None) -> str:
+    what = what or f"No offline ImageNet weights were found for {name}"
     return (
-        f"{what} for {name}: pass model.pretrained=/path/to/weights.safetensors "
+        f"{what}: pass model.pretrained=/path/to/weights.safetensors "
         f"(timm layout), or model.pretrained=hub to download them from the Hugging Face hub where a network exists, "
         f"or model.pretrained=none to train from scratch."
     )
@@ -261,12 +262,17 @@ def _model_with_weights(name: str, pretrained: str, **kwargs: Any) -> nn.Module:
             log.info("%s: pretrained weights from the cached %s (model.pretrained=hub)", name, cached)
             return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(cached)}, **kwargs)
         log.info("%s: downloading pretrained weights from the hub (model.pretrained=hub)", name)
+        hub_log = logging.getLogger("huggingface_hub")
+        level = hub_log.level
+        hub_log.setLevel(logging.ERROR)  # its retry warnings would bury the one sentence below
         try:
             return timm.create_model(name, pretrained=True, **kwargs)
         except Exception as error:  # noqa: BLE001 (network, hub and file errors all mean: no weights)
             raise ConfigError(_how_to_supply(
-                name, f"Could not download pretrained weights ({type(error).__name__}) nor find them in the "
-                      f"Hugging Face cache")) from None
+                name, f"The pretrained weights of {name} are not in the Hugging Face cache and could not be "
+                      f"downloaded ({type(error).__name__})")) from None
+        finally:
+            hub_log.setLevel(level)
     path = Path(choice).expanduser()
     if not path.is_file():
         raise ConfigError(
