@@ -87,8 +87,8 @@ def test_mean_std_and_interpolation_come_from_the_pretrained_config():
 
 
 @pytest.mark.parametrize("name, size, message", [
-    ("vit_small_patch14_dinov2", 60, "data.image_size_px=60 is not a multiple of vit_small_patch14_dinov2's 14-px "
-                                     "patch: use 56 or 70."),
+    ("vit_small_patch14_dinov2", 60, ("data.image_size_px=60 is not a multiple of vit_small_patch14_dinov2's 14-px "
+                                      "patch: use 56 or 70.")),
     ("vit_xsmall_patch16_clip_224", 56, "is not a multiple of vit_xsmall_patch16_clip_224's 16-px patch: use 48 or 64."),
 ])
 def test_a_size_that_is_not_a_multiple_of_the_patch_is_one_sentence(name: str, size: int, message: str):
@@ -109,8 +109,8 @@ def test_train_with_a_wrong_size_exits_2_with_one_sentence(tiny_gldv2: Path, tmp
                  f"data.cache_dir={tmp_path / 'cache'}"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
-    assert err.strip().splitlines() == ["landmarks: error: data.image_size_px=100 is not a multiple of "
-                                        "vit_small_patch14_dinov2's 14-px patch: use 98 or 112."]
+    assert err.strip().splitlines() == [("landmarks: error: data.image_size_px=100 is not a multiple of "
+                                         "vit_small_patch14_dinov2's 14-px patch: use 98 or 112.")]
     assert not (tmp_path / "run").exists()
 
 

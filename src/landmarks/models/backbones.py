@@ -131,7 +131,8 @@ def _fit_vit_checkpoint(model: nn.Module, state: dict[str, torch.Tensor], path: 
                                                                  num_prefix_tokens=prefix)}
         return state
     except Exception as error:  # noqa: BLE001 (a layout the filter does not know: shapes, keys)
-        raise ConfigError(f"Weights file {path} does not fit {name}: {str(error).splitlines()[0] if str(error) else type(error).__name__}.") from None
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"Weights file {path} does not fit {name}: {first}.") from None
 
 
 def load_weights_file(model: nn.Module, path: Path, name: str) -> None:
