@@ -229,7 +229,7 @@ def test_prototypes_on_landmarks_mini(landmarks_data: Path, tmp_path: Path):
     truth = test["landmark_id"].to_numpy()
     embeddings, logits, _, _ = embed_paths(recognizer.embedder, test["path"].tolist(), 32, 2)
     results = {}
-    for name, r in (("full", recognizer), ("prototypes"(recognizer, *recognizer_prototypes(recognizer)))):
+    for name, r in (("full", recognizer), ("prototypes", with_prototypes(recognizer, *recognizer_prototypes(recognizer)))):
         predictions = r.score(embeddings, logits)
         predicted = np.array([p.landmark_id for p in predictions])
         confidence = np.array([p.confidence for p in predictions])
