@@ -142,3 +142,15 @@ def test_the_checker_sees_a_circle_and_a_hidden_import():
     assert [t for t, _ in _imports(tree, top_level_only=True)][0] == "landmarks.b"
     assert [t for t, _ in _imports(tree, top_level_only=False)][0] == "landmarks.c"
     assert _layer("landmarks.train.finish") == "train" and "train" not in ALLOWED["evaluate"]
+
+
+def test_no_test_imports_another_test_module_or_conftest():
+    tests = Path(__file__).parent
+    test_modules = {p.stem for p in tests.rglob("test_*.py")} | {"conftest"}
+    offenders = []
+    for path in tests.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module] if isinstance(node, ast.ImportFrom) and node.module else \
+                [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            offenders += [f"{path.relative_to(tests)} imports {n}" for n in names if n.split(".")[-1] in test_modules]
+    assert not offenders, offenders

@@ -3,6 +3,7 @@ conftest; the benchmarks that use them put tests/ on their path). No test module
 conftest: what they share is here."""
 
 import copy
+import io
 import socket
 import threading
 import time
@@ -192,3 +193,22 @@ def described_features(model: LandmarkModel, images: torch.Tensor) -> torch.Tens
         _, (tapped,) = model.backbone.forward_intermediates((images - model.mean) / model.std,
                                                             indices=[model.head.descriptor_stage])
         return model.head.descriptor_pool(tapped)
+
+
+PURPLE = (150, 20, 200)
+
+
+def jpeg(colour: tuple[int, int, int], seed: int = 0, size: tuple[int, int] = (48, 40)) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = np.clip(np.array(colour, np.float32) + rng.normal(0, 12, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def photo_files(colour: tuple[int, int, int], count: int, start: int = 0) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("photos", (f"p{i}.jpg", jpeg(colour, seed=i), "image/jpeg")) for i in range(start, start + count)]
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}

@@ -14,7 +14,7 @@ from landmarks.serve.admin import startup_notes
 from landmarks.serve.app import create_app
 from landmarks.serve.settings import Settings
 from landmarks.store import STORE_FILE
-from serve.test_app import PURPLE, bearer, jpeg, photo_files
+from tests_helpers import PURPLE, bearer, jpeg, photo_files
 
 
 @pytest.fixture

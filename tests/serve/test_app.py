@@ -28,25 +28,9 @@ from landmarks.serve.admin import create_token, revoke_token
 from landmarks.serve.app import create_app
 from landmarks.serve.settings import Settings
 from landmarks.store import STORE_FILE
+from tests_helpers import PURPLE, bearer, jpeg, photo_files
 
-PURPLE = (150, 20, 200)
 UNLIMITED = dict(predict_per_minute=0, suggestions_per_hour=0, max_pending_per_client=0)
-
-
-def jpeg(colour: tuple[int, int, int], seed: int = 0, size: tuple[int, int] = (48, 40)) -> bytes:
-    rng = np.random.default_rng(seed)
-    pixels = np.clip(np.array(colour, np.float32) + rng.normal(0, 12, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
-def photo_files(colour: tuple[int, int, int], count: int, start: int = 0) -> list[tuple[str, tuple[str, bytes, str]]]:
-    return [("photos", (f"p{i}.jpg", jpeg(colour, seed=i), "image/jpeg")) for i in range(start, start + count)]
-
-
-def bearer(token: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 @pytest.fixture

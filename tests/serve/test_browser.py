@@ -13,8 +13,7 @@ import pytest
 
 from landmarks.serve.admin import create_token
 from landmarks.serve.app import create_app
-from serve.test_app import bearer, jpeg, photo_files
-from tests_helpers import running_server
+from tests_helpers import bearer, jpeg, photo_files, running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")]

@@ -14,7 +14,7 @@ from landmarks.data.catalog import read_catalog
 from landmarks.serve.admin import create_token
 from landmarks.serve.app import create_app
 from landmarks.serve.settings import Settings
-from serve.test_app import PURPLE, bearer, photo_files
+from tests_helpers import PURPLE, bearer, photo_files
 
 
 @pytest.fixture
