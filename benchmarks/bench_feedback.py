@@ -32,7 +32,7 @@ from landmarks.recognize.embed import embed_paths  # noqa: E402
 from landmarks.recognize.recognizer import Recognizer  # noqa: E402
 from landmarks.serve.admin import create_token  # noqa: E402
 from landmarks.serve.app import create_app  # noqa: E402
-from landmarks.serve.feedback import export_feedback  # noqa: E402
+from landmarks.serve.dataset_export import export_feedback  # noqa: E402
 from landmarks.serve.settings import Settings  # noqa: E402
 from landmarks.train.run import train  # noqa: E402
 

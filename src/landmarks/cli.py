@@ -150,7 +150,7 @@ def cmd_serve_admin(args: argparse.Namespace) -> int:
 
 
 def cmd_feedback_export(args: argparse.Namespace) -> int:
-    from landmarks.serve.feedback import export_feedback
+    from landmarks.serve.dataset_export import export_feedback
 
     report = export_feedback(_existing_dir(args.run), Path(args.out), _existing_dir(args.base) if args.base else None)
     print(f"wrote {report.photos_written} approved photos" + (f" beside {report.base_photos} from {args.base}" if args.base else "")
