@@ -24,7 +24,7 @@ from landmarks.export.web import (
     scoring_rule, spherical_kmeans, write_bundle,
 )
 from landmarks.run_folder import RunFolder
-from landmarks.recognize.confidence import Calibration, FEATURES
+from landmarks.recognize.confidence import FEATURES, Calibration, is_known
 from landmarks.recognize.embed import embed_paths
 from landmarks.recognize.geo import Location, geo_factor, haversine_km
 from landmarks.recognize.index import EmbeddingIndex
@@ -136,6 +136,20 @@ def test_page_scoring_agrees_with_the_recognizer(tmp_path: Path, calibration: st
     assert np.allclose([a["confidence"] for a in answers], [p.confidence for p in expected], atol=1e-4)
     assert [a["known"] for a in answers] == [p.known for p in expected]
     assert {a["known"] for a in answers} == {True, False}  # the case has both answers
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+def test_page_known_rule_is_the_recognizers(tmp_path: Path):
+    """scoring.js's isKnown decides as landmarks.recognize.confidence.is_known, at and around the threshold."""
+    cases = [(c, t) for t in (0.0, 0.3, 0.82, 1.0) for c in (0.0, t - 1e-6, t, t + 1e-6, 0.5, 1.0)]
+    script = tmp_path / "known.mjs"
+    script.write_text(f"""
+        import {{ isKnown }} from "{(page_dir() / 'scoring.js').as_uri()}";
+        console.log(JSON.stringify({json.dumps(cases)}.map(([c, t]) => isKnown(c, t))));
+    """)
+    answers = json.loads(subprocess.run([NODE, str(script)], capture_output=True, text=True, check=True).stdout)
+    assert answers == [is_known(c, t) for c, t in cases]
+    assert set(answers) == {True, False}
 
 
 @pytest.fixture

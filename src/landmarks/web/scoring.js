@@ -5,6 +5,11 @@
 export const NO_LANDMARK = -1;
 export const NO_LANDMARK_NAME = "no known landmark";
 
+/** Whether an answer is given as a known landmark (landmarks.recognize.confidence.is_known, the one rule). */
+export function isKnown(confidence, threshold) {
+  return confidence >= threshold;
+}
+
 /** float16 bits (Uint16Array) -> Float32Array. */
 export function float16ToFloat32(bits) {
   const out = new Float32Array(bits.length);
@@ -146,7 +151,7 @@ export function scoreEmbedding(embedding, logits, prototypes, prototypeIds, rule
     for (const candidate of candidates) candidate.score = mapScore(candidate.score, calibration);
     confidence = candidates.length ? candidates[0].score : 0;
   }
-  return { landmark_id: best.landmark_id, confidence, known: confidence >= rule.threshold, candidates };
+  return { landmark_id: best.landmark_id, confidence, known: isKnown(confidence, rule.threshold), candidates };
 }
 
 /** Great-circle distance in km (landmarks.recognize.geo.haversine_km). */
@@ -174,7 +179,7 @@ export function applyGeo(answer, where, landmarksById, radiusKm, threshold) {
   });
   candidates.sort((a, b) => b.score - a.score || a.landmark_id - b.landmark_id);
   const best = candidates[0] || { landmark_id: NO_LANDMARK, score: 0 };
-  return { landmark_id: best.landmark_id, confidence: best.score, known: best.score >= threshold, candidates };
+  return { landmark_id: best.landmark_id, confidence: best.score, known: isKnown(best.score, threshold), candidates };
 }
 
 /** Averages each landmark's score over the last `size` frames, so that the label does not flicker. */
@@ -196,7 +201,7 @@ export class Smoother {
       const mean = total / this.frames.length;
       if (mean > best.confidence || (mean === best.confidence && id < best.landmark_id)) best = { landmark_id: id, confidence: mean };
     }
-    return { ...best, known: this.frames.length > 0 && best.confidence >= threshold };
+    return { ...best, known: this.frames.length > 0 && isKnown(best.confidence, threshold) };
   }
 
   clear() { this.frames = []; }
