@@ -77,7 +77,11 @@ class Recognizer:
         recognizer.calibration = scoring.calibration
         recognizer.info = info_from_table(labels)
         if not trained_only:
-            recognizer.apply_changes(read_reference_changes(run_dir))
+            changes = read_reference_changes(run_dir)
+            recognizer.apply_changes(changes)
+            if changes:
+                log.info("references from the store: %d landmarks enrolled, %d deleted, %d photos removed, %d added",
+                         len(changes.enrolled), len(changes.deleted), len(changes.removed), len(changes.added))
         return recognizer
 
     @property
@@ -109,7 +113,8 @@ class Recognizer:
         return self.index.remove(self.index.positions_of(pairs))
 
     def apply_changes(self, changes: ReferenceChanges) -> None:
-        """The store's changes on the trained references: landmarks enrolled and deleted, photos removed, then added."""
+        """The store's changes on the references: landmarks enrolled and deleted, photos removed, then added. The one
+        way they are applied: when a run loads its store, and by the running service after each stored change."""
         for landmark_id, name in changes.enrolled.items():
             self.names[landmark_id] = name
         for landmark_id in changes.deleted:
@@ -125,9 +130,6 @@ class Recognizer:
             by_landmark.setdefault(landmark_id, []).append((image_id, embedding))
         for landmark_id, rows in by_landmark.items():
             self.add_references(np.stack([e for _, e in rows]), [i for i, _ in rows], landmark_id)
-        if changes:
-            log.info("references from the store: %d landmarks enrolled, %d removed, %d added",
-                     len(changes.enrolled), len(changes.removed), len(added))
 
     def next_landmark_id(self) -> int:
         """An id no landmark uses yet (for enrolling a new one)."""

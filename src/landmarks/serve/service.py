@@ -24,7 +24,7 @@ from landmarks.recognize.geo import Location, read_exif_location
 from landmarks.recognize.recognizer import Prediction, Recognizer
 from landmarks.serve.limits import RateLimiter, ReadWriteLock
 from landmarks.serve.settings import ServiceError, Settings, SizeLimits
-from landmarks.store import Store, Suggestion, Upload, image_id_of
+from landmarks.store import ReferenceChanges, Store, Suggestion, Upload, image_id_of
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class Service:
     def _assign(self, tx, image_id: str, embedding: np.ndarray, photo: bytes | None, landmark_id: int, source: str,
                 actor: Actor) -> tuple[bool, list[int]]:
         """Store part of making a photo a reference of one landmark only (a photo moved from A to B is no longer
-        a reference of A): (added, landmarks it was moved away from). Apply with ``_apply_assign``."""
+        a reference of A): (added, landmarks it was moved away from). Apply ``_assigned(...)`` with ``_apply``."""
         current = {l for _, l in self._positions(image_id)}
         moved_from = sorted(current - {landmark_id})
         for other in moved_from:
@@ -163,14 +163,21 @@ class Service:
             tx.add_references([(image_id, embedding, photo)], landmark_id, source, actor.label)
         return add, moved_from
 
-    def _apply_assign(self, image_id: str, embedding: np.ndarray, landmark_id: int, add: bool, moved_from: list[int]) -> None:
+    def _assigned(self, image_id: str, embedding: np.ndarray, landmark_id: int, add: bool,
+                  moved_from: list[int]) -> ReferenceChanges:
+        """The reference changes ``_assign`` stored, to ``_apply``."""
+        return ReferenceChanges(removed={(image_id, l) for l in moved_from},
+                                added=[(image_id, landmark_id, embedding)] if add else [])
+
+    def _apply(self, changes: ReferenceChanges) -> None:
+        """Stored changes reach the running Recognizer the way they reach it when it loads: ``apply_changes``."""
         with self.index_lock.write():
-            if moved_from and self.recognizer.index is not None:
-                self.recognizer.index.remove(self.recognizer.index.positions_of((image_id, l) for l in moved_from))
-            self.added.difference_update((image_id, l) for l in moved_from)
-            if add:
-                self.recognizer.add_references(embedding[None], [image_id], landmark_id)
-                self.added.add((image_id, landmark_id))
+            self.recognizer.apply_changes(changes)
+            self.enrolled.update(changes.enrolled)
+            for landmark_id in changes.deleted:
+                self.enrolled.pop(landmark_id, None)
+            self.added.difference_update(changes.removed)
+            self.added.update((image_id, landmark_id) for image_id, landmark_id, _ in changes.added)
 
     def feedback(self, upload_id: str, landmark_id: int, add_to_index: bool, actor: Actor) -> dict[str, Any]:
         """An admin's correction applies at once; a contributor's (or an allowed visitor's) becomes a suggestion."""
@@ -207,8 +214,7 @@ class Service:
                 tx.audit(actor.label, "feedback", upload_id=upload_id, image_id=upload.image_id, landmark_id=landmark_id,
                          predicted_landmark_id=upload.predicted_landmark_id, outcome=outcome, suggestion_id=suggestion_id,
                          moved_from=moved_from)
-            if added or moved_from:
-                self._apply_assign(upload.image_id, upload.embedding, landmark_id, added, moved_from)
+            self._apply(self._assigned(upload.image_id, upload.embedding, landmark_id, added, moved_from))
         return {"feedback_id": feedback_id, "added_to_index": added, "status": outcome, "suggestion_id": suggestion_id}
 
     def check_photo_count(self, count: int) -> None:
@@ -262,13 +268,12 @@ class Service:
                            for p in first.values()]
                 tx.audit(actor.label, "enrol", landmark_id=landmark_id, name=name, new=known_id is None,
                          image_ids=[image_ids[p] for p, added, _ in applied if added])
-            if known_id is None:
-                with self.index_lock.write():
-                    self.recognizer.names[landmark_id] = name
-                    self.enrolled[landmark_id] = name
+            changes = ReferenceChanges(enrolled={landmark_id: name} if known_id is None else {})
             for p, added, moved_from in applied:
-                if added or moved_from:
-                    self._apply_assign(image_ids[p], embeddings[p], landmark_id, added, moved_from)
+                assigned = self._assigned(image_ids[p], embeddings[p], landmark_id, added, moved_from)
+                changes.removed |= assigned.removed
+                changes.added += assigned.added
+            self._apply(changes)
         return {"landmark_id": landmark_id, "name": self.recognizer.names[landmark_id],
                 "photos_added": sum(added for _, added, _ in applied), "skipped": skipped, "status": "applied",
                 "suggestion_ids": []}
@@ -307,12 +312,10 @@ class Service:
                 tx.decide_suggestion(suggestion_id, "approved", actor.label, landmark_id)
                 tx.audit(actor.label, "approve", suggestion_id=suggestion_id, landmark_id=landmark_id, new_landmark=new_name,
                          image_id=suggestion.image_id, suggested_by=suggestion.suggested_by, moved_from=moved_from)
+            changes = self._assigned(suggestion.image_id, suggestion.embedding, landmark_id, added, moved_from)
             if new_name is not None:
-                with self.index_lock.write():
-                    self.recognizer.names[landmark_id] = new_name
-                    self.enrolled[landmark_id] = new_name
-            if added or moved_from:
-                self._apply_assign(suggestion.image_id, suggestion.embedding, landmark_id, added, moved_from)
+                changes.enrolled[landmark_id] = new_name
+            self._apply(changes)
         return {"suggestion_id": suggestion_id, "status": "approved", "landmark_id": landmark_id,
                 "name": self.recognizer.names[landmark_id]}
 
@@ -346,12 +349,7 @@ class Service:
                         tx.remove_reference(image_id, landmark_id, trained=True, removed_by=actor.label)
                 tx.delete_landmark(landmark_id, name, actor.label)
                 tx.audit(actor.label, "delete_landmark", landmark_id=landmark_id, name=name, references=len(pairs))
-            with self.index_lock.write():
-                if index is not None:
-                    index.remove(np.flatnonzero(index.landmark_ids == landmark_id))
-                self.recognizer.names.pop(landmark_id, None)
-                self.enrolled.pop(landmark_id, None)
-                self.added.difference_update(pairs)
+            self._apply(ReferenceChanges(deleted={landmark_id: name}, removed=set(pairs)))
         return {"landmark_id": landmark_id, "name": name, "references_removed": len(pairs)}
 
     def delete_reference(self, image_id: str, landmark_id: int | None, actor: Actor) -> dict[str, Any]:
@@ -366,9 +364,7 @@ class Service:
                 for l in landmarks:
                     tx.remove_reference(image_id, l, trained=(image_id, l) not in self.added, removed_by=actor.label)
                 tx.audit(actor.label, "delete_reference", image_id=image_id, landmark_ids=landmarks)
-            with self.index_lock.write():
-                self.recognizer.index.remove(self.recognizer.index.positions_of((image_id, l) for l in landmarks))
-                self.added.difference_update((image_id, l) for l in landmarks)
+            self._apply(ReferenceChanges(removed={(image_id, l) for l in landmarks}))
         return {"image_id": image_id, "landmark_ids": landmarks}
 
     def move_reference(self, image_id: str, landmark_id: int, actor: Actor) -> dict[str, Any]:
@@ -385,8 +381,7 @@ class Service:
             with self.store.transaction() as tx:
                 added, moved_from = self._assign(tx, image_id, embedding, photo, landmark_id, "move", actor)
                 tx.audit(actor.label, "move_reference", image_id=image_id, landmark_id=landmark_id, moved_from=moved_from)
-            if added or moved_from:
-                self._apply_assign(image_id, embedding, landmark_id, added, moved_from)
+            self._apply(self._assigned(image_id, embedding, landmark_id, added, moved_from))
         return {"image_id": image_id, "landmark_ids": [landmark_id], "moved_from": moved_from}
 
     # -- tokens and audit (admins) -------------------------------------------------------------------
