@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from landmarks.errors import LandmarksError
+from landmarks.store import ROLES
 
 log = logging.getLogger("landmarks")
 
@@ -293,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokens = p.add_subparsers(dest="what", required=True, metavar="token").add_parser("token", help="create, list or revoke tokens")
     actions = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = actions.add_parser("create", help="a new token, printed once")
-    create.add_argument("--role", required=True, choices=("admin", "contributor"))
+    create.add_argument("--role", required=True, choices=ROLES)
     create.add_argument("--name", default="", help="who it is for (shown in the review queue and the audit trail)")
     actions.add_parser("list", help="every token (id, role, created, state, name); never a secret")
     revoke = actions.add_parser("revoke", help="a token stops working at once")

@@ -26,7 +26,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, get_args
 
 import numpy as np
 
@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 
 STORE_FILE = "store.sqlite"
 LEGACY_FILE = "feedback.sqlite"  # the store before roles and review (uploads, feedback, landmarks, added_references)
-ROLES = ("admin", "contributor")
-SUGGESTION_STATES = ("pending", "approved", "rejected")
+Role = Literal["admin", "contributor"]
+SuggestionState = Literal["pending", "approved", "rejected"]
+ROLES: tuple[str, ...] = get_args(Role)
+SUGGESTION_STATES: tuple[str, ...] = get_args(SuggestionState)
 TOKEN_PREFIX = "lmk_"
 SCHEMA_VERSION = 1
 
@@ -234,7 +236,7 @@ class Transaction:
 
     def decide_suggestion(self, suggestion_id: int, status: str, decided_by: str, result_landmark_id: int | None) -> None:
         """Approve or reject a pending suggestion; a rejected one drops its photo."""
-        assert status in ("approved", "rejected")
+        assert status in SUGGESTION_STATES[1:]
         photo = ", photo = NULL" if status == "rejected" else ""
         self.db.execute(
             f"UPDATE suggestions SET status = ?, decided = ?, decided_by = ?, result_landmark_id = ?{photo} "

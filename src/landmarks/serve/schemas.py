@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from landmarks.store import Role, SuggestionState
+
 
 class CandidateOut(BaseModel):
     landmark_id: int
@@ -88,7 +90,7 @@ class HealthOut(BaseModel):
 
 
 class WhoAmIOut(BaseModel):
-    role: Literal["admin", "contributor", "anonymous"]
+    role: Role | Literal["anonymous"]
     name: str
     token_id: int | None
 
@@ -96,7 +98,7 @@ class WhoAmIOut(BaseModel):
 class SuggestionOut(BaseModel):
     suggestion_id: int
     created: float = Field(description="seconds since the epoch")
-    status: Literal["pending", "approved", "rejected"]
+    status: SuggestionState
     image_id: str
     predicted_landmark_id: int | None = Field(description="what the model said of the photo (its best guess)")
     predicted_name: str | None
@@ -139,13 +141,13 @@ class DeletedLandmarkOut(BaseModel):
 
 
 class TokenIn(BaseModel):
-    role: Literal["admin", "contributor"]
+    role: Role
     name: str = Field("", max_length=200)
 
 
 class TokenOut(BaseModel):
     token_id: int
-    role: str
+    role: Role
     name: str
     created: float
     revoked: float | None

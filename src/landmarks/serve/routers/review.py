@@ -11,12 +11,13 @@ from landmarks.serve.deps import get_service, require_admin
 from landmarks.serve.schemas import DecisionOut, SuggestionOut
 from landmarks.serve.service import Actor, Service
 from landmarks.serve.settings import ServiceError
+from landmarks.store import SuggestionState
 
 router = APIRouter(prefix="/suggestions", tags=["review"])
 
 
 @router.get("", response_model=list[SuggestionOut])
-def suggestions(status: Literal["pending", "approved", "rejected", "all"] = "pending", limit: int = Query(200, ge=1, le=1000),
+def suggestions(status: SuggestionState | Literal["all"] = "pending", limit: int = Query(200, ge=1, le=1000),
                 actor: Actor = Depends(require_admin), service: Service = Depends(get_service)) -> list[SuggestionOut]:
     found = service.store.suggestions(None if status == "all" else status, limit)
     return [SuggestionOut(**{k: v for k, v in s.__dict__.items() if k not in ("embedding", "client", "result_landmark_id")},
