@@ -332,7 +332,8 @@ class Trainer:
             }
             self.history.append(row)
             monitored = self._monitored(row, has_val)
-            improved = monitored < self.best_value
+            margin = cfg.early_stopping_min_delta * abs(self.best_value) if math.isfinite(self.best_value) else 0.0
+            improved = monitored < self.best_value - margin
             if improved:
                 self.best_value, self.best_epoch, self.epochs_without_improvement = monitored, epoch, 0
             else:
