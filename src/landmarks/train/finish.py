@@ -11,6 +11,7 @@ to ``scoring.json``; ``config.yaml`` stays what the user asked for.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import torch
@@ -99,6 +100,7 @@ def finish_run(run: RunFolder, config: Config, data: PreparedData, model: Landma
     ``views``: the frozen backbone's feature maps of every split's photos and mirror images (``Trainer.frozen_views``);
     with them no photo goes through the backbone again."""
     model.eval()
+    started = time.monotonic()
     scoring = config.recognize.model_copy(deep=True)  # what the run will answer with; config.yaml is left as asked
     embedder = TorchEmbedder(model, tta_flip=scoring.tta_flip)
     if views is not None and has_arcface_neck(model) and len(data.frame) <= MAX_CAPTURED_PHOTOS:
@@ -125,7 +127,9 @@ def finish_run(run: RunFolder, config: Config, data: PreparedData, model: Landma
     recognizer = Recognizer(embedder, data.landmark_ids, data.names, index, scoring, run.path, model.logit_scale)
     if scoring.search_knn_weight and len(splits["val"][0]):
         scoring.knn_weight = search_knn_weight(recognizer, splits["train"], splits["val"], data)
+    calibrating = time.monotonic()
     calibrate_after_training(run, config, data, recognizer, splits, pooled)  # the map, the threshold, the bank
+    calibration_seconds = time.monotonic() - calibrating
     history = run.read_history()
     if len(history):
         plots.plot_curves(history, run.plot("curves.png"))
@@ -147,6 +151,7 @@ def finish_run(run: RunFolder, config: Config, data: PreparedData, model: Landma
     has_val_loss = len(history) and history["val_loss"].notna().any()
     result["best_epoch"] = int(history["val_loss"].idxmin() + 1) if has_val_loss else len(history)
     run.write_metrics(result)
+    log.info("finished the run in %.1fs (calibration %.1fs)", time.monotonic() - started, calibration_seconds)
     val = data.indices("val")
     if len(val):
         shown = np.random.default_rng(config.train.seed).choice(val, size=min(16, len(val)), replace=False)
