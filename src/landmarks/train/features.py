@@ -28,7 +28,7 @@ from landmarks.utils import progress
 log = logging.getLogger(__name__)
 
 PHOTO_AND_MIRROR = 2  # views: the photo, then its mirror image
-PASS_BATCH = 16  # photos per backbone call (with their mirror images: 32 images), see benchmarks/RESULTS.md
+PASS_BATCH = 16  # photos per backbone call: with their mirror images 32 images, the bare model's batch
 
 
 def flips_only(augment: AugmentConfig) -> bool:
