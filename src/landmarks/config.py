@@ -65,6 +65,8 @@ class TrainConfig(Section):
     weight_decay: float = 0.0
     scheduler: Literal["none", "cosine"] = "none"
     early_stopping_patience: int = 10  # epochs without improvement of the monitored value; 0: off
+    early_stopping_min_delta: float = Field(0.0, ge=0, lt=1)  # an improvement is a gain of more than this share of
+    # the best value so far (0: any gain)
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
     class_weighting: bool = False  # weight the loss by inverse class frequency
     oversample: bool = False  # draw batches with a class-balanced sampler

@@ -232,5 +232,7 @@ def test_finish_run_fits_the_descriptor_and_the_index_holds_what_the_saved_model
     embeddings, _ = recognizer.embedder(np.stack([decode_image(p, 32) for p in photos["path"]]))
     position = {image_id: i for i, image_id in enumerate(index.image_ids)}
     stored = index.vectors()[[position[i] for i in photos["id"]]]
-    # the index was computed from the pooled features captured in finish_run; the saved model embeds photos anew
-    np.testing.assert_allclose(embeddings, stored, atol=1e-4)
+    # the index was computed from training's one backbone pass (feature maps kept in float16, no second pass); the
+    # saved model embeds photos anew in float32: the same embeddings to float16's precision
+    np.testing.assert_allclose(embeddings, stored, atol=1e-3)
+    assert (embeddings * stored).sum(1).min() > 0.9999

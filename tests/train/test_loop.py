@@ -223,3 +223,14 @@ def test_fit_recomputes_batchnorm_after_each_epoch(tiny_gldv2: Path, tmp_path: P
     norms = [m for m in trainer.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     matches = all(torch.allclose(n.running_mean, mean, rtol=1e-4, atol=1e-5) for n, (mean, _) in zip(norms, expected))
     assert matches is bool(precise_bn_batches)
+
+
+def test_early_stopping_min_delta_counts_only_gains_above_its_share(tiny_gldv2: Path, tmp_path: Path) -> None:
+    """train.early_stopping_min_delta=0.9: no epoch lowers the validation loss by 90 %, so training stops after
+    1 + patience epochs although the loss falls."""
+    trainer = make_trainer(tiny_gldv2, tmp_path, ["train.epochs=5", "train.early_stopping_patience=1",
+                                                  "train.early_stopping_min_delta=0.9"])
+    trainer.fit()
+    history = pd.read_csv(trainer.run.path / "history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+    assert trainer.best_epoch == 1

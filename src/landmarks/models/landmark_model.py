@@ -123,11 +123,19 @@ class LandmarkModel(nn.Module):
         """(embedding, logits) from a feature map; ArcFace logits carry the true class's margin when labels are given."""
         return self.head(feature_map, labels)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def feature_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The backbone's feature map and, when the head reads its descriptor from a level of its own
+        (``model.descriptor_stage``), that level's output from the same pass (else None)."""
         stage = getattr(self.head, "descriptor_stage", None)
         if stage is None:
-            return self.head_from_features(self.features(images), labels)
+            return self.features(images), None
         feature_map, (tapped,) = self.backbone.forward_intermediates((images - self.mean) / self.std, indices=[stage])
+        return feature_map, tapped
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        feature_map, tapped = self.feature_maps(images)
+        if tapped is None:
+            return self.head_from_features(feature_map, labels)
         return self.head(feature_map, labels, tapped=tapped)
 
     def plain_logits(self, embedding: torch.Tensor) -> torch.Tensor:

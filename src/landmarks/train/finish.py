@@ -1,6 +1,8 @@
 """Finishing a run after its last epoch: the descriptor, the reference index, the calibration, scoring.json.
 
-Every photo goes through the model once (``embed_split``; its pooled features are captured on the way, see
+Every photo goes through the backbone once per view: when training's one pass over the photos and their mirror images
+(``landmarks.train.features``) is handed over, the embeddings come from those feature maps with the trained head;
+else each photo goes through the model (``embed_split``; its pooled features are captured on the way, see
 ``landmarks.train.pooled``). The held-out split is measured against the other photos first, then joins the index.
 What training learned for scoring (the kNN weight when searched, the confidence map and its threshold) is written
 to ``scoring.json``; ``config.yaml`` stays what the user asked for.
@@ -9,6 +11,7 @@ to ``scoring.json``; ``config.yaml`` stays what the user asked for.
 from __future__ import annotations
 
 import logging
+import time
 
 import numpy as np
 import torch
@@ -22,8 +25,10 @@ from landmarks.recognize.embed import TorchEmbedder
 from landmarks.recognize.index import EmbeddingIndex
 from landmarks.recognize.recognizer import Recognizer
 from landmarks.run_folder import RunFolder, Scoring
+from landmarks.train.features import PHOTO_AND_MIRROR, SplitViews, pooled_features
 from landmarks.train.open_set import calibrate_after_training
-from landmarks.train.pooled import MAX_CAPTURED_PHOTOS, PooledArcFace, capture_pooled, pooled_views, split_pooled
+from landmarks.train.pooled import (MAX_CAPTURED_PHOTOS, PooledArcFace, capture_pooled, has_arcface_neck,
+                                    pooled_views, split_pooled)
 from landmarks.utils import progress
 
 log = logging.getLogger(__name__)
@@ -75,14 +80,34 @@ def fit_descriptor(model: torch.nn.Module, pooled: dict[str, np.ndarray]) -> dic
     return {split: head(views) for split, views in pooled.items()}
 
 
-def finish_run(run: RunFolder, config: Config, data: PreparedData, model: LandmarkModel) -> dict:
+def splits_from_views(model: LandmarkModel, views: dict[str, SplitViews],
+                      tta_flip: bool) -> tuple[dict[str, tuple], list[np.ndarray]]:
+    """The splits' (cache positions, embeddings, logits) from the frozen backbone's feature maps of training's one
+    pass, and the pooled features as ``capture_pooled`` would have recorded them (one array per view)."""
+    used = PHOTO_AND_MIRROR if tta_flip else 1
+    head = PooledArcFace.of_model(model)
+    names = ("train", "val", "test")
+    pooled = {split: pooled_features(model, views[split], used) for split in names}
+    splits = {split: (views[split].positions, *head(pooled[split])) for split in names}
+    return splits, [np.concatenate([pooled[split][:, view] for split in names]) for view in range(used)]
+
+
+def finish_run(run: RunFolder, config: Config, data: PreparedData, model: LandmarkModel,
+               views: dict[str, SplitViews] | None = None) -> dict:
     """After training: the descriptor, metrics on the held-out split (searched against the other photos), the
-    calibration, then the reference index of every training photo, scoring.json, curves and a prediction collage."""
+    calibration, then the reference index of every training photo, scoring.json, curves and a prediction collage.
+
+    ``views``: the frozen backbone's feature maps of every split's photos and mirror images (``Trainer.frozen_views``);
+    with them no photo goes through the backbone again."""
     model.eval()
+    started = time.monotonic()
     scoring = config.recognize.model_copy(deep=True)  # what the run will answer with; config.yaml is left as asked
     embedder = TorchEmbedder(model, tta_flip=scoring.tta_flip)
-    with capture_pooled(model, photos=len(data.frame)) as pooled:  # for the descriptor and the calibration model
-        splits = {split: embed_split(embedder, data, split) for split in ("train", "val", "test")}
+    if views is not None and has_arcface_neck(model) and len(data.frame) <= MAX_CAPTURED_PHOTOS:
+        splits, pooled = splits_from_views(model, views, scoring.tta_flip)
+    else:
+        with capture_pooled(model, photos=len(data.frame)) as pooled:  # for the descriptor and the calibration model
+            splits = {split: embed_split(embedder, data, split) for split in ("train", "val", "test")}
     if getattr(model.head, "descriptor", None) is not None:
         if pooled:
             names = ("train", "val", "test")
@@ -102,7 +127,9 @@ def finish_run(run: RunFolder, config: Config, data: PreparedData, model: Landma
     recognizer = Recognizer(embedder, data.landmark_ids, data.names, index, scoring, run.path, model.logit_scale)
     if scoring.search_knn_weight and len(splits["val"][0]):
         scoring.knn_weight = search_knn_weight(recognizer, splits["train"], splits["val"], data)
+    calibrating = time.monotonic()
     calibrate_after_training(run, config, data, recognizer, splits, pooled)  # the map, the threshold, the bank
+    calibration_seconds = time.monotonic() - calibrating
     history = run.read_history()
     if len(history):
         plots.plot_curves(history, run.plot("curves.png"))
@@ -124,6 +151,7 @@ def finish_run(run: RunFolder, config: Config, data: PreparedData, model: Landma
     has_val_loss = len(history) and history["val_loss"].notna().any()
     result["best_epoch"] = int(history["val_loss"].idxmin() + 1) if has_val_loss else len(history)
     run.write_metrics(result)
+    log.info("finished the run in %.1fs (calibration %.1fs)", time.monotonic() - started, calibration_seconds)
     val = data.indices("val")
     if len(val):
         shown = np.random.default_rng(config.train.seed).choice(val, size=min(16, len(val)), replace=False)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from landmarks.config import Config, TrainConfig
 from landmarks.data.augment import CachedImageDataset, build_train_transform, class_balanced_sampler, class_weights
@@ -20,6 +20,7 @@ from landmarks.models.landmark_model import LandmarkModel
 from landmarks.models.meta import model_meta
 from landmarks.models.registry import build_model
 from landmarks.train import distributed
+from landmarks.train.features import PHOTO_AND_MIRROR, SplitViews, backbone_views, flips_only
 from landmarks.run_folder import RunFolder
 from landmarks.utils import progress
 
@@ -56,9 +57,14 @@ def head_batches(inputs: torch.Tensor, labels: torch.Tensor, train: TrainConfig,
                  seed: int) -> DataLoader:
     """Batches of features already computed (cached feature maps, pooled features): shuffled with ``seed`` when
     ``shuffle``, a last batch of one photo dropped (BatchNorm cannot train on it)."""
-    return DataLoader(TensorDataset(inputs, labels), batch_size=train.batch_size, shuffle=shuffle,
+    return dataset_batches(TensorDataset(inputs, labels), train, shuffle, seed)
+
+
+def dataset_batches(dataset: Dataset, train: TrainConfig, shuffle: bool, seed: int) -> DataLoader:
+    """``head_batches`` over a dataset of (features, label) pairs."""
+    return DataLoader(dataset, batch_size=train.batch_size, shuffle=shuffle,
                       generator=torch.Generator().manual_seed(seed),
-                      drop_last=shuffle and _last_batch_of_one(len(labels), train.batch_size))
+                      drop_last=shuffle and _last_batch_of_one(len(dataset), train.batch_size))
 
 
 def fit_pass(forward: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]], batches: Iterable,
@@ -124,6 +130,7 @@ class Trainer:
         self.epochs_without_improvement = 0
         self.frozen = config.train.freeze_backbone_epochs != 0
         self.feature_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.views: dict[str, SplitViews] = {}  # the one pass over photo and mirror image (see frozen_views)
         set_backbone_trainable(self.model, not self.frozen)
         self.optimizer = make_optimizer(config.train, model_parameter_groups(config.train, self.model))
         self.scheduler = make_scheduler(config.train, self.optimizer)
@@ -153,8 +160,39 @@ class Trainer:
             drop_last=train and _last_batch_of_one(len(sampler), cfg.train.batch_size),
         )
 
-    def _features_of(self, split: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """Backbone feature maps of a split (frozen backbone), computed once per view."""
+    def _one_pass(self) -> bool:
+        """Whether the frozen backbone's features come from one pass over every photo and its mirror image
+        (``landmarks.train.features``): the augmentation is at most a horizontal flip, one process."""
+        cfg = self.config
+        return (self.frozen and cfg.train.cache_features and distributed.world_size() == 1
+                and flips_only(cfg.augment))
+
+    def frozen_views(self) -> dict[str, SplitViews] | None:
+        """Each split's photos and mirror images through the frozen backbone, computed on first use in one pass
+        (the held-out split too when the backbone stays frozen for good, for finishing the run); None when the
+        features do not come from one pass, or the backbone was trained."""
+        if not self._one_pass():
+            return None
+        if not self.views:
+            splits = ("train", "val", "test") if self.config.train.freeze_backbone_epochs < 0 else ("train", "val")
+            classes = self.data.frame["class_index"].to_numpy()
+            started = time.monotonic()
+            for split in splits:
+                positions = self.data.indices(split)
+                self.views[split] = backbone_views(self.model, self.data.cache, positions, classes[positions],
+                                                   PHOTO_AND_MIRROR, device=self.device, desc=f"backbone {split}")
+            log.info("backbone pass over %d photos and their mirror images: %.1fs",
+                     sum(len(v.labels) for v in self.views.values()), time.monotonic() - started)
+        return self.views if self.config.train.freeze_backbone_epochs < 0 else None
+
+    def _features_of(self, split: str, train: bool) -> Dataset:
+        """Backbone feature maps of a split (frozen backbone) as (feature map, class index) pairs: from the one
+        pass over photo and mirror image (a view drawn per photo and epoch when training flips photos), or else
+        computed once per augmented view."""
+        if self._one_pass():
+            self.frozen_views()
+            flip = train and self.config.augment.enabled and self.config.augment.horizontal_flip
+            return self.views[split].epoch(self.config.train.seed + len(self.history) if flip else None)
         key = f"{split}:{len(self.history) % max(1, self.config.train.feature_views) if train else 0}"
         if key not in self.feature_cache:
             features, labels = [], []
@@ -164,7 +202,7 @@ class Trainer:
                     features.append(self.model.features(images.to(self.device)).half().cpu())
                     labels.append(targets)
             self.feature_cache[key] = (torch.cat(features), torch.cat(labels))
-        return self.feature_cache[key]
+        return TensorDataset(*self.feature_cache[key])
 
     # -- epochs ------------------------------------------------------------------------------
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -176,8 +214,8 @@ class Trainer:
         use_cached = self.frozen and self.config.train.cache_features and distributed.world_size() == 1
         model = self.ddp_model if train else self.model
         if use_cached:
-            features, labels = self._features_of(split, train)
-            loader = head_batches(features, labels, self.config.train, train, self.config.train.seed + len(self.history))
+            loader = dataset_batches(self._features_of(split, train), self.config.train, train,
+                                     self.config.train.seed + len(self.history))
             forward = lambda inputs, targets: self.model.head_from_features(inputs.float(), targets)  # noqa: E731
         else:
             loader = self.loader(split, train)
@@ -259,6 +297,7 @@ class Trainer:
             log.info("epoch %d: unfreezing the backbone", epoch)
             self.frozen = False
             self.feature_cache.clear()
+            self.views.clear()
             set_backbone_trainable(self.model, True)
             self.optimizer = make_optimizer(self.config.train, model_parameter_groups(self.config.train, self.model))
             self.scheduler = make_scheduler(self.config.train, self.optimizer, self.config.train.epochs - freeze)
@@ -293,7 +332,8 @@ class Trainer:
             }
             self.history.append(row)
             monitored = self._monitored(row, has_val)
-            improved = monitored < self.best_value
+            margin = cfg.early_stopping_min_delta * abs(self.best_value) if math.isfinite(self.best_value) else 0.0
+            improved = monitored < self.best_value - margin
             if improved:
                 self.best_value, self.best_epoch, self.epochs_without_improvement = monitored, epoch, 0
             else:

@@ -279,7 +279,8 @@ def calibrate_after_training(run: RunFolder, config: Config, data: PreparedData,
         counts = [len(splits[s][0]) for s in ("train", "val", "test")]
         train_pooled, val_pooled, _ = pooled_views(pooled_calls, counts, config.recognize.tta_flip)
         samples = calibration_model_samples(recognizer, config, (train_pooled, landmark_ids[train_positions]),
-                                            (val_pooled, landmark_ids[val_positions]), *bank_pooled)
+                                            (val_pooled, landmark_ids[val_positions]), *bank_pooled,
+                                            epochs=len(run.read_history()) or None)
         queries = (f"validation split, asked of {CALIBRATION_MODELS} calibration models each trained without a "
                    "random quarter of the landmarks (their photos are the hidden-landmark answers)")
     elif len(val_positions) or (config.train.epochs == 0 and len(train_positions)):
@@ -316,12 +317,14 @@ def _share(value: float | None) -> str:
 
 
 def train_calibration_model(pooled: np.ndarray, class_index: np.ndarray, num_classes: int,
-                            config: Config, seed: int, descriptor_features: int = 0) -> PooledArcFace:
+                            config: Config, seed: int, descriptor_features: int = 0,
+                            epochs: int | None = None) -> PooledArcFace:
     """A neck + sub-center ArcFace head on (photos, views, features) with the run's model and optimiser settings,
     and, when the run has one (``model.descriptor_dims``), a descriptor whitened on these photos only: whitened on
     every training photo, it would know the hidden landmarks' look (on the open-set proxy that made the threshold
     too low: known answers 86 % right where 95 % was asked). ``descriptor_features``: how many of the last
-    features are the descriptor's own input (``capture_pooled``); 0: it shares the neck's."""
+    features are the descriptor's own input (``capture_pooled``); 0: it shares the neck's. ``epochs``: as many as
+    the run trained before it stopped early (None: ``train.epochs``), on the run's schedule."""
     model_cfg, train_cfg = config.model, config.train
     descriptor = None
     neck_input, descriptor_input = split_pooled(pooled, descriptor_features if model_cfg.descriptor_dims else 0)
@@ -350,7 +353,7 @@ def train_calibration_model(pooled: np.ndarray, class_index: np.ndarray, num_cla
 
     neck.train()
     arcface.train()
-    for epoch in range(max(1, train_cfg.epochs)):  # as the run's frozen epochs: the same step, optimiser and schedule
+    for epoch in range(max(1, epochs or train_cfg.epochs)):  # as the run's frozen epochs: the same step, optimiser and schedule
         fit_pass(forward, head_batches(x, y, train_cfg, shuffle=True, seed=seed + epoch), loss_of, optimizer)
         if schedule is not None:
             schedule.step()
@@ -366,6 +369,7 @@ def calibration_model_samples(
     bank_negatives: np.ndarray | None = None,
     hidden_fraction: float = HIDDEN_FRACTION,
     models: int = CALIBRATION_MODELS,
+    epochs: int | None = None,
 ) -> CalibrationSamples:
     """Calibration answers of ``models`` calibration models, each of which never saw a quarter of the landmarks
     (drawn with ``train.seed`` + its number); the answers of all of them together.
@@ -376,7 +380,7 @@ def calibration_model_samples(
     the validation photos of those landmarks (right or wrong answers), about as many photos of the hidden landmarks
     (every answer wrong: a landmark it was never trained on) and about the non-landmark negatives."""
     draws = [_calibration_model_samples(recognizer, config, train, val, bank_references, bank_negatives,
-                                        hidden_fraction, config.train.seed + draw) for draw in range(models)]
+                                        hidden_fraction, config.train.seed + draw, epochs) for draw in range(models)]
     return CalibrationSamples(*(np.concatenate([getattr(d, name) for d in draws])
                                 for name in ("features", "correct", "is_landmark", "source")))
 
@@ -384,7 +388,7 @@ def calibration_model_samples(
 def _calibration_model_samples(recognizer: Recognizer, config: Config, train: tuple[np.ndarray, np.ndarray],
                                val: tuple[np.ndarray, np.ndarray], bank_references: np.ndarray | None,
                                bank_negatives: np.ndarray | None, hidden_fraction: float,
-                               seed: int) -> CalibrationSamples:
+                               seed: int, epochs: int | None = None) -> CalibrationSamples:
     """One calibration model's answers (see ``calibration_model_samples``)."""
     train_pooled, train_landmarks = train
     val_pooled, val_landmarks = val
@@ -395,7 +399,7 @@ def _calibration_model_samples(recognizer: Recognizer, config: Config, train: tu
     kept = np.isin(train_landmarks, known_ids)
     model = train_calibration_model(train_pooled[kept], np.searchsorted(known_ids, train_landmarks[kept]),
                                     len(known_ids), config, seed,
-                                    own_descriptor_features(getattr(recognizer.embedder, "model", None)))
+                                    own_descriptor_features(getattr(recognizer.embedder, "model", None)), epochs)
     references, _ = model(train_pooled[kept])
     ids = [f"train:{i}" for i in range(int(kept.sum()))]
     labels = train_landmarks[kept]

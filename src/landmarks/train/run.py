@@ -18,6 +18,7 @@ from landmarks.run_folder import RunFolder
 from landmarks.train import distributed
 from landmarks.train.finish import finish_run
 from landmarks.train.loop import Trainer
+from landmarks.train.pooled import has_arcface_neck
 from landmarks.utils import seed_everything
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ def train(config: Config, data_dir: Path, run_dir: Path, resume: bool = False) -
     trainer.fit()
     if distributed.is_main():
         run.save_model(trainer.model, config.model)
-        finish_run(run, config, data, trainer.model)
+        views = trainer.frozen_views() if has_arcface_neck(trainer.model) else None  # no second backbone pass
+        finish_run(run, config, data, trainer.model, views)
     distributed.cleanup()
     return run.path
 
