@@ -28,7 +28,15 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 
 from landmarks.errors import DataError
 from landmarks.export.onnx import export_run
-from landmarks.export.web import PAGE_FILES, RUNTIME_FILES, WebBundle, build_bundle, device_model, page_dir, runtime_dir
+from landmarks.export.web import (
+    PAGE_FILES,
+    RUNTIME_FILES,
+    WebBundle,
+    build_bundle,
+    device_model,
+    page_dir,
+    runtime_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +87,7 @@ class DeviceModelBuilder:
             self.export(self.run_dir, quantize="int8")
             self.seconds = time.monotonic() - (self.started or time.monotonic())
             log.info("device model for the live page exported in %.0f s", self.seconds)
-        except Exception:  # noqa: BLE001 - whatever stops the export, the page gets one sentence, the log the details
+        except Exception:
             self.failed = True
             log.exception("could not export %s for the live page; run `landmarks export %s --quantize int8`",
                           self.run_dir, self.run_dir)
