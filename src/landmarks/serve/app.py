@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from landmarks.recognize.recognizer import Recognizer
 from landmarks.serve.admin import startup_notes
 from landmarks.serve.live import mount_live
+from landmarks.serve.middleware import TokenFirst
 from landmarks.serve.routers import access, recognition, review
 from landmarks.serve.service import Service
-from landmarks.serve.settings import ServiceError, Settings, SizeLimits
+from landmarks.serve.settings import MB, ServiceError, Settings
 from landmarks.store import Store
 
 log = logging.getLogger(__name__)
@@ -30,7 +34,7 @@ def _purge_loop(service: Service, stop: threading.Event) -> None:
             removed = service.purge_uploads()
             if removed:
                 log.info("deleted %d expired uploads", removed)
-        except Exception:  # noqa: BLE001 - a failed purge is retried next time; the service goes on
+        except Exception:
             log.exception("could not delete expired uploads")
 
 
@@ -57,25 +61,25 @@ def create_app(run_dir: Path, backend: str = "auto", recognizer: Recognizer | No
             stop.set()
             purger.join(timeout=5)
 
-    app = FastAPI(title="landmarks", lifespan=lifespan,
+    app = FastAPI(title="landmarks", lifespan=lifespan, max_body_size=settings.max_request_bytes,  # counted as it streams in
                   description="Recognise landmarks in photos; suggest corrections and new landmarks; review them (admins).")
-    sizes = SizeLimits(settings)
 
     @app.exception_handler(ServiceError)
     async def refused(request: Request, error: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": error.detail}, error.status, headers=error.headers)
 
-    @app.middleware("http")
-    async def refuse_huge_requests(request: Request, call_next):  # before the body is spooled anywhere
-        try:
-            sizes.check_request(request.headers.get("content-length"))
-        except ServiceError as error:
-            return JSONResponse({"detail": error.detail}, error.status)
-        return await call_next(request)
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        limit = request.scope.get(MAX_BODY_SIZE_SCOPE_KEY)
+        if error.status_code == 413 and limit is not None:  # FastAPI's body limit: say which, in a sentence
+            return JSONResponse({"detail": f"The request is larger than {limit / MB:g} MB."}, 413)
+        return await http_exception_handler(request, error)
 
-    app.include_router(recognition.router)
-    app.include_router(review.router)
-    app.include_router(access.router)
+    routers = [recognition.router, review.router, access.router]
+    app.add_middleware(TokenFirst, fastapi_app=app, routers=routers)  # 401 before the body is read
+
+    for router in routers:
+        app.include_router(router)
     mount_live(app, run_dir)  # /live: the device bundle (landmarks.export.web) with the service's references
     return app
 

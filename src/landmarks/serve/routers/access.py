@@ -7,6 +7,7 @@ from fastapi import APIRouter, Depends, Query
 from landmarks.serve.deps import get_service, require_admin
 from landmarks.serve.schemas import AuditOut, NewTokenOut, TokenIn, TokenOut
 from landmarks.serve.service import Actor, Service
+from landmarks.serve.settings import JSON_BODY_BYTES
 
 router = APIRouter(tags=["access"])
 
@@ -16,7 +17,7 @@ def tokens(actor: Actor = Depends(require_admin), service: Service = Depends(get
     return [TokenOut(**t.__dict__) for t in service.store.tokens()]
 
 
-@router.post("/tokens", response_model=NewTokenOut)
+@router.post("/tokens", response_model=NewTokenOut, max_body_size=JSON_BODY_BYTES)
 def create_token(body: TokenIn, actor: Actor = Depends(require_admin), service: Service = Depends(get_service)) -> NewTokenOut:
     """A new token; its secret is in this answer only."""
     token_id, secret = service.create_token(body.role, body.name, actor)
