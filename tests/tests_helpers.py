@@ -82,14 +82,19 @@ def photo(path: Path, colour: tuple[int, int, int] = (200, 100, 50), size: tuple
 
 
 @contextmanager
-def running_server(app) -> Iterator[str]:
-    """Serve a FastAPI app with uvicorn on a free loopback port in a thread; yields its base URL."""
+def running_server(app, configure=None) -> Iterator[str]:
+    """Serve a FastAPI app with uvicorn on a free loopback port in a thread; yields its base URL. ``configure(app, host,
+    port)`` makes the uvicorn.Config (default: uvicorn's own defaults)."""
     import uvicorn
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    if configure is None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    else:
+        config = configure(app, "127.0.0.1", port)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(400):

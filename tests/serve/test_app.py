@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from tests_helpers import PURPLE, bearer, jpeg, photo_files
+from tests_helpers import PURPLE, bearer, jpeg, photo_files, running_server
 
 from landmarks.data.images import decode_image_bytes
 from landmarks.recognize.geo import read_exif_location
@@ -560,3 +560,24 @@ def test_a_kept_photo_loses_its_gps_position_but_not_its_orientation(run: Path, 
     assert read_exif_location(kept) is None and not Image.open(io.BytesIO(kept)).getexif()
     upright, stored = decode_image_bytes(photo, 32).astype(int), decode_image_bytes(kept, 32).astype(int)
     assert Image.open(io.BytesIO(kept)).size == (32, 48) and np.abs(upright - stored).mean() < 3
+
+
+def test_x_forwarded_for_from_loopback_does_not_bypass_the_rate_limit_unless_proxy_headers_are_asked(run: Path):
+    from landmarks.serve.app import uvicorn_config
+
+    photo = {"photo": ("q.jpg", jpeg((40, 50, 60)), "image/jpeg")}
+    settings = Settings(**{**UNLIMITED, "predict_per_minute": 3})
+    app = create_app(run, backend="torch", settings=settings)
+    with running_server(app, lambda a, host, port: uvicorn_config(a, host, port, settings)) as url:
+        answers = [httpx.post(f"{url}/predict", files=photo, headers={"X-Forwarded-For": f"203.0.113.{i}"})
+                   for i in range(6)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429, 429, 429]
+        clients = {u.client for u in (app.state.service.store.upload(a.json()["upload_id"]) for a in answers[:3])}
+        assert clients == {"ip:127.0.0.1"}  # the socket's peer, not what the header says
+    behind_proxy = Settings(**{**UNLIMITED, "predict_per_minute": 3, "proxy_headers": True})
+    app = create_app(run, backend="torch", settings=behind_proxy)
+    with running_server(app, lambda a, host, port: uvicorn_config(a, host, port, behind_proxy)) as url:
+        answers = [httpx.post(f"{url}/predict", files=photo, headers={"X-Forwarded-For": f"203.0.113.{i}"})
+                   for i in range(5)]
+        assert [a.status_code for a in answers] == [200] * 5  # five clients behind the trusted proxy
+        assert app.state.service.store.upload(answers[4].json()["upload_id"]).client == "ip:203.0.113.4"

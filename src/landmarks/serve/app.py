@@ -84,11 +84,19 @@ def create_app(run_dir: Path, backend: str = "auto", recognizer: Recognizer | No
     return app
 
 
+def uvicorn_config(app: FastAPI, host: str, port: int, settings: Settings):
+    """uvicorn's config for the service: proxy headers (X-Forwarded-For) are trusted only with ``--proxy-headers``, and
+    then only from ``--forwarded-allow-ips``; by default the client is the socket's peer, whatever the headers say
+    (uvicorn on its own trusts them from 127.0.0.1, so a client on the same host could pick its address)."""
+    import uvicorn  # the server only where one is started
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", proxy_headers=settings.proxy_headers,
+                          forwarded_allow_ips=settings.forwarded_allow_ips)
+
+
 def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto",
           settings: Settings | None = None) -> None:
     """Run the service with uvicorn until interrupted; says how to create an admin token when there is none."""
-    import uvicorn  # the server only where one is started
-
     run_dir = Path(run_dir)
     settings = settings or Settings()
     Store.open(run_dir)  # creates it, or migrates an older feedback.sqlite, before the Recognizer reads it
@@ -96,4 +104,4 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, backend: str
     for line in startup_notes(run_dir, settings):
         print(f"landmarks: {line}")
     print(f"landmarks: serving {run_dir} on http://{host}:{port}/ (API docs at /docs)")
-    uvicorn.run(create_app(run_dir, backend, recognizer, settings), host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn_config(create_app(run_dir, backend, recognizer, settings), host, port, settings)).run()

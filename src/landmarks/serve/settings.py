@@ -32,6 +32,8 @@ class Settings(BaseModel):
     max_upload_bytes: int = Field(10 * MB, gt=0, description="one photo")
     max_request_bytes: int = Field(64 * MB, gt=0, description="a whole request (photos), counted as it streams in")
     max_enrol_photos: int = Field(50, gt=0, description="photos in one POST /landmarks")
+    proxy_headers: bool = Field(False, description="trust X-Forwarded-For/-Proto from forwarded_allow_ips (behind a proxy)")
+    forwarded_allow_ips: str = Field("127.0.0.1", description="with proxy_headers: the proxies' addresses (comma-separated, or *)")
     purge_every_seconds: float = Field(60.0, gt=0, description="how often expired uploads are deleted")
 
     @property
