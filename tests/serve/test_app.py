@@ -581,3 +581,46 @@ def test_x_forwarded_for_from_loopback_does_not_bypass_the_rate_limit_unless_pro
                    for i in range(5)]
         assert [a.status_code for a in answers] == [200] * 5  # five clients behind the trusted proxy
         assert app.state.service.store.upload(answers[4].json()["upload_id"]).client == "ip:203.0.113.4"
+
+
+def test_at_most_max_concurrent_decodes_photos_are_decoded_at_once(run: Path, monkeypatch):
+    import landmarks.serve.service as service_module
+
+    running, most, lock = [0], [0], threading.Lock()
+    original = service_module.decode_image_bytes
+
+    def tracked(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)  # long enough for the other threads to arrive
+        try:
+            return original(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(service_module, "decode_image_bytes", tracked)
+    with client_for(run, max_concurrent_decodes=2) as client:
+        service = client.app.state.service
+        threads = [threading.Thread(target=service.decode, args=(jpeg((9, 9, 9), seed=i), "p.jpg")) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert most[0] == 2
+
+
+def test_kept_uploads_are_scaled_down_and_capped_by_bytes(run: Path):
+    big = jpeg((90, 120, 150), size=(3000, 2000))
+    with client_for(run) as client:
+        upload_id = client.post("/predict", files={"photo": ("big.jpg", big, "image/jpeg")}).json()["upload_id"]
+        kept = client.app.state.service.store.upload(upload_id).photo
+        with Image.open(io.BytesIO(kept)) as image:
+            assert image.size == (2048, 1365)
+    photos = [jpeg((90, 120, 150), seed=i, size=(400, 300)) for i in range(4)]
+    kept_bytes = len(client.app.state.service.kept_photo(photos[0], "p.jpg"))
+    with client_for(run, max_uploads_mb=2.5 * kept_bytes / 2**20) as client:  # room for two of them
+        ids = [client.post("/predict", files={"photo": ("p.jpg", p, "image/jpeg")}).json()["upload_id"] for p in photos]
+        store = client.app.state.service.store
+        assert [store.upload(i) is not None for i in ids] == [False, False, True, True]

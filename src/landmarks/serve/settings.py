@@ -31,6 +31,11 @@ class Settings(BaseModel):
     max_pending_per_client: int = Field(50, ge=0, description="photos a client may have waiting for review (0: unlimited)")
     max_upload_bytes: int = Field(10 * MB, gt=0, description="one photo")
     max_request_bytes: int = Field(64 * MB, gt=0, description="a whole request (photos), counted as it streams in")
+    max_decode_pixels: int = Field(25_000_000, gt=0, description="the pixels one photo may be decoded at (a JPEG is "
+                                   "decoded at 1/2-1/8 scale first, so any JPEG under PIL's 89-MP bomb limit fits)")
+    max_concurrent_decodes: int = Field(4, gt=0, description="photos decoded at once; the others wait")
+    kept_photo_side_px: int = Field(2048, gt=0, description="a kept photo is scaled down to this longest side")
+    max_uploads_mb: float = Field(500.0, ge=0, description="kept predicted photos in all, in MB (oldest dropped first)")
     max_enrol_photos: int = Field(50, gt=0, description="photos in one POST /landmarks")
     proxy_headers: bool = Field(False, description="trust X-Forwarded-For/-Proto from forwarded_allow_ips (behind a proxy)")
     forwarded_allow_ips: str = Field("127.0.0.1", description="with proxy_headers: the proxies' addresses (comma-separated, or *)")
