@@ -97,6 +97,8 @@ def uvicorn_config(app: FastAPI, host: str, port: int, settings: Settings):
 def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto",
           settings: Settings | None = None) -> None:
     """Run the service with uvicorn until interrupted; says how to create an admin token when there is none."""
+    import uvicorn  # the server only where one is started
+
     run_dir = Path(run_dir)
     settings = settings or Settings()
     Store.open(run_dir)  # creates it, or migrates an older feedback.sqlite, before the Recognizer reads it
