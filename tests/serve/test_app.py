@@ -624,3 +624,18 @@ def test_kept_uploads_are_scaled_down_and_capped_by_bytes(run: Path):
         ids = [client.post("/predict", files={"photo": ("p.jpg", p, "image/jpeg")}).json()["upload_id"] for p in photos]
         store = client.app.state.service.store
         assert [store.upload(i) is not None for i in ids] == [False, False, True, True]
+
+
+@pytest.mark.parametrize("value", [2**63, 2**64, -(2**63) - 1])
+def test_ids_beyond_the_store_integers_are_refused_never_a_500(client: TestClient, tokens: dict[str, str], value: int):
+    admin = bearer(tokens["admin"])
+    asks = [("GET", f"/suggestions/{value}/photo", {}), ("POST", f"/suggestions/{value}/approve", {}),
+            ("POST", f"/suggestions/{value}/reject", {}), ("DELETE", f"/tokens/{value}", {}),
+            ("DELETE", f"/landmarks/{value}", {}), ("GET", f"/landmarks/{value}/references", {}),
+            ("DELETE", f"/references/x?landmark_id={value}", {}),
+            ("PUT", "/references/x", {"json": {"landmark_id": value}}),
+            ("POST", "/feedback", {"json": {"upload_id": "x", "landmark_id": value}})]
+    for method, path, arguments in asks:
+        response = client.request(method, path, headers=admin, **arguments)
+        assert response.status_code in (404, 422), (method, path, response.status_code, response.text)
+    assert client.get(f"/suggestions/{2**63 - 1}/photo", headers=admin).status_code == 404  # the largest: looked up

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query
 
 from landmarks.serve.deps import get_service, require_admin
-from landmarks.serve.schemas import AuditOut, NewTokenOut, TokenIn, TokenOut
+from landmarks.serve.schemas import AuditOut, NewTokenOut, StoreId, TokenIn, TokenOut
 from landmarks.serve.service import Actor, Service
 from landmarks.serve.settings import JSON_BODY_BYTES
 
@@ -26,7 +26,7 @@ def create_token(body: TokenIn, actor: Actor = Depends(require_admin), service: 
 
 
 @router.delete("/tokens/{token_id}", response_model=TokenOut)
-def revoke_token(token_id: int, actor: Actor = Depends(require_admin), service: Service = Depends(get_service)) -> TokenOut:
+def revoke_token(token_id: StoreId, actor: Actor = Depends(require_admin), service: Service = Depends(get_service)) -> TokenOut:
     service.revoke_token(token_id, actor)
     return TokenOut(**next(t for t in service.store.tokens() if t.token_id == token_id).__dict__)
 

@@ -17,6 +17,8 @@ from landmarks.serve.deps import (
     require_suggester,
 )
 from landmarks.serve.schemas import (
+    STORE_INT_MAX,
+    STORE_INT_MIN,
     CandidateOut,
     DeletedLandmarkOut,
     EnrolOut,
@@ -30,6 +32,7 @@ from landmarks.serve.schemas import (
     PredictionOut,
     ReferenceOut,
     RemovedOut,
+    StoreId,
     WhoAmIOut,
 )
 from landmarks.serve.service import Actor, Service
@@ -139,20 +142,21 @@ def enrol(name: str = Form(..., min_length=1, max_length=200), photos: list[Uplo
 
 
 @router.delete("/landmarks/{landmark_id}", response_model=DeletedLandmarkOut)
-def delete_landmark(landmark_id: int, actor: Actor = Depends(require_admin),
+def delete_landmark(landmark_id: StoreId, actor: Actor = Depends(require_admin),
                     service: Service = Depends(get_service)) -> DeletedLandmarkOut:
     """An enrolled landmark and its photos: unknown at once and after a restart."""
     return DeletedLandmarkOut(**service.delete_landmark(landmark_id, actor))
 
 
 @router.get("/landmarks/{landmark_id}/references", response_model=list[ReferenceOut])
-def references(landmark_id: int, actor: Actor = Depends(require_admin),
+def references(landmark_id: StoreId, actor: Actor = Depends(require_admin),
                service: Service = Depends(get_service)) -> list[ReferenceOut]:
     return [ReferenceOut(image_id=i, source=s) for i, s in service.references_of(landmark_id)]
 
 
 @router.delete("/references/{image_id}", response_model=RemovedOut)
-def delete_reference(image_id: str, landmark_id: int | None = Query(None, description="only this landmark's reference"),
+def delete_reference(image_id: str, landmark_id: int | None = Query(None, ge=STORE_INT_MIN, le=STORE_INT_MAX,
+                                                                    description="only this landmark's reference"),
                      actor: Actor = Depends(require_admin), service: Service = Depends(get_service)) -> RemovedOut:
     """One photo out of the references, trained or added; it stays removed after a restart."""
     return RemovedOut(**service.delete_reference(image_id, landmark_id, actor))
