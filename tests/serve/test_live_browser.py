@@ -111,8 +111,12 @@ def test_live_page_names_the_landmark_and_works_offline(server: str, run_dir: Pa
         near = {"latitude": place.get("latitude", 0.0) + 0.01, "longitude": place.get("longitude", 0.0)}  # ~1.1 km
         context = browser.new_context(geolocation=near, permissions=["geolocation"])
         page = context.new_page()
-        page.goto(server + "/live")
+        blocked = []  # the service's Content-Security-Policy must let the page, its worker and the wasm run
+        page.on("console", lambda message: blocked.append(message.text) if "Content Security Policy" in message.text else None)
+        response = page.goto(server + "/live")
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
         samples = answers_after_warm_up(page)
+        assert not blocked, blocked
         assert sum(s == name for s in samples) >= SAMPLES - 2, samples
         stats = page.evaluate("window.liveStats")
         assert stats["error"] is None and stats["backend"] in ("wasm", "webgpu") and stats["fps"] > 0

@@ -87,3 +87,34 @@ def test_a_request_without_a_valid_token_is_refused_before_its_body_is_read(run:
         assert response.status_code == 404  # under the limit, with a token: the route answers
         photos = {"photo": ("q.jpg", jpeg((9, 9, 9)), "image/jpeg")}
         assert client.post("/predict", files=photos).status_code == 200
+
+
+def test_every_answer_carries_the_security_headers(run: Path, monkeypatch):
+    from importlib import resources
+
+    from landmarks.serve.middleware import inline_script_hashes
+
+    page = (resources.files("landmarks") / "serve" / "static" / "index.html").read_text()
+    with TestClient(create_app(run, backend="torch", settings=Settings(**UNLIMITED)),
+                    raise_server_exceptions=False) as client:
+        answers = {"page": client.get("/"), "health": client.get("/health"), "live": client.get("/live/"),
+                   "live.js": client.get("/live/live.js"), "docs": client.get("/docs"), "missing": client.get("/nope"),
+                   "401": client.get("/tokens"), "422": client.get("/suggestions/abc/photo", headers=bearer("x")),
+                   "413": client.post("/feedback", content=b"{" * (JSON_BODY_BYTES + 1),
+                                      headers={"Content-Type": "application/json"}),
+                   "predict": client.post("/predict", files={"photo": ("q.jpg", jpeg((9, 9, 9)), "image/jpeg")})}
+        monkeypatch.setattr(client.app.state.service, "health", lambda: 1 / 0)
+        answers["500"] = client.get("/health")
+    assert answers["500"].status_code == 500 and str(run) not in answers["500"].text
+    for what, answer in answers.items():
+        policy = answer.headers.get("content-security-policy", "")
+        assert "frame-ancestors 'none'" in policy, what
+        assert answer.headers.get("x-frame-options") == "DENY", what
+        assert answer.headers.get("x-content-type-options") == "nosniff", what
+        assert answer.headers.get("referrer-policy") == "strict-origin-when-cross-origin", what
+    policy = answers["live"].headers["content-security-policy"]
+    assert "'wasm-unsafe-eval'" in policy and "worker-src 'self' blob:" in policy and "'unsafe-eval'" not in policy
+    hashes = inline_script_hashes(page)
+    assert hashes and all(h in answers["page"].headers["content-security-policy"] for h in hashes)
+    assert "cdn.jsdelivr.net" in answers["docs"].headers["content-security-policy"]
+    assert "cdn.jsdelivr.net" not in policy

@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -18,7 +19,12 @@ from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from landmarks.recognize.recognizer import Recognizer
 from landmarks.serve.admin import startup_notes
 from landmarks.serve.live import mount_live
-from landmarks.serve.middleware import TokenFirst
+from landmarks.serve.middleware import (
+    SecurityHeaders,
+    TokenFirst,
+    content_security_policy,
+    inline_script_hashes,
+)
 from landmarks.serve.routers import access, recognition, review
 from landmarks.serve.service import Service
 from landmarks.serve.settings import MB, ServiceError, Settings
@@ -77,6 +83,15 @@ def create_app(run_dir: Path, backend: str = "auto", recognizer: Recognizer | No
 
     routers = [recognition.router, review.router, access.router]
     app.add_middleware(TokenFirst, fastapi_app=app, routers=routers)  # 401 before the body is read
+    page = (resources.files("landmarks") / "serve" / "static" / "index.html").read_text()
+    policy = content_security_policy(inline_script_hashes(page))
+    app.add_middleware(SecurityHeaders, policy=policy)  # on every answer the app's middleware sends
+
+    @app.exception_handler(Exception)  # a 500 is sent outside the middleware: it carries the headers itself
+    async def failed(request: Request, error: Exception) -> JSONResponse:
+        log.error("failed on %s %s", request.method, request.url.path, exc_info=error)
+        return JSONResponse({"detail": "The service failed on this request; its log says why."}, 500,
+                            headers=SecurityHeaders(app, policy).headers_for(request.url.path))
 
     for router in routers:
         app.include_router(router)

@@ -101,6 +101,8 @@ DOCS_POLICY = "; ".join([  # Swagger UI and ReDoc: FastAPI's inline start-up scr
     "worker-src 'self' blob:", "object-src 'none'", "base-uri 'none'", "frame-ancestors 'none'",
 ])
 DOCS_PATHS = ("/docs", "/redoc")
+SECURITY_HEADERS = {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
+                    "Referrer-Policy": "strict-origin-when-cross-origin"}
 
 
 class SecurityHeaders:
@@ -108,17 +110,16 @@ class SecurityHeaders:
 
     def __init__(self, app: ASGIApp, policy: str):
         self.app = app
-        self.headers = {"X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
-                        "Referrer-Policy": "strict-origin-when-cross-origin"}
         self.policy = policy
+
+    def headers_for(self, path: str) -> dict[str, str]:
+        return {**SECURITY_HEADERS, "Content-Security-Policy": DOCS_POLICY if path.startswith(DOCS_PATHS) else self.policy}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope.get("path", "")
-        policy = DOCS_POLICY if path.startswith(DOCS_PATHS) else self.policy
-        extra = [(k.lower().encode(), v.encode()) for k, v in {**self.headers, "Content-Security-Policy": policy}.items()]
+        extra = [(k.lower().encode(), v.encode()) for k, v in self.headers_for(scope.get("path", "")).items()]
 
         async def with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
