@@ -217,3 +217,13 @@ def photo_files(colour: tuple[int, int, int], count: int, start: int = 0) -> lis
 
 def bearer(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def wait_for(page, expression: str, arg=None, timeout_s: float = 30.0) -> None:
+    """Playwright's ``page.wait_for_function`` without evaluating a string inside the page, which the service's
+    Content-Security-Policy (no ``'unsafe-eval'``) refuses: ``page.evaluate`` (the DevTools protocol) polled."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression, arg):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout_s:g} s for {expression}")
+        time.sleep(0.1)
