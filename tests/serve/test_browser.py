@@ -58,6 +58,8 @@ def test_upload_predict_enrol_and_recognise_in_chromium(server: tuple[str, dict]
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         page = browser.new_page()
+        blocked = []  # the service's Content-Security-Policy must let the page's script and styles run
+        page.on("console", lambda message: blocked.append(message.text) if "Content Security Policy" in message.text else None)
         page.goto(server + "/")
         page.wait_for_selector("#landmark-list li")
         assert page.locator("#landmark-list li").count() == 4
@@ -100,6 +102,7 @@ def test_upload_predict_enrol_and_recognise_in_chromium(server: tuple[str, dict]
         wait_for(page, "(expected) => document.querySelector('#bars .bar .label span')?.textContent === expected",
                  arg=first_top)  # the top candidate was Purple Palace until the drop was recognised
         screenshot(page, tmp_path, "page.png")
+        assert not blocked, blocked
         browser.close()
 
 
