@@ -48,7 +48,8 @@ MEDIA_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript", ".
 FRESH = {"manifest.json", "landmarks.json", "prototypes.bin", "index.html", "sw.js"}  # revalidated on every load
 # What the first export took (`landmarks export RUN --quantize int8`, 2-core CPU: benchmarks/RESULTS.md, "The live
 # page's first export"); the page says so while it waits.
-EXPORT_SECONDS_NOTE = "about a minute for a glr run of landmarks-mini on a 2-core CPU"
+EXPORT_SECONDS_NOTE = ("2 to 3 minutes for a baseline-knn run of landmarks-mini on a busy 2-core CPU, longer for a "
+                       "glr run, which also compares int8 with fp32 on its validation photos")
 RETRY_SECONDS = 3
 EXPORT_COMMAND = "landmarks export RUN_DIR --quantize int8"
 
