@@ -82,14 +82,19 @@ def photo(path: Path, colour: tuple[int, int, int] = (200, 100, 50), size: tuple
 
 
 @contextmanager
-def running_server(app) -> Iterator[str]:
-    """Serve a FastAPI app with uvicorn on a free loopback port in a thread; yields its base URL."""
+def running_server(app, configure=None) -> Iterator[str]:
+    """Serve a FastAPI app with uvicorn on a free loopback port in a thread; yields its base URL. ``configure(app, host,
+    port)`` makes the uvicorn.Config (default: uvicorn's own defaults)."""
     import uvicorn
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    if configure is None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+    else:
+        config = configure(app, "127.0.0.1", port)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     for _ in range(400):
@@ -212,3 +217,13 @@ def photo_files(colour: tuple[int, int, int], count: int, start: int = 0) -> lis
 
 def bearer(token: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def wait_for(page, expression: str, arg=None, timeout_s: float = 30.0) -> None:
+    """Playwright's ``page.wait_for_function`` without evaluating a string inside the page, which the service's
+    Content-Security-Policy (no ``'unsafe-eval'``) refuses: ``page.evaluate`` (the DevTools protocol) polled."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(expression, arg):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout_s:g} s for {expression}")
+        time.sleep(0.1)

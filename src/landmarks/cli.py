@@ -129,7 +129,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = Settings(open=args.open, allow_anonymous_suggestions=args.allow_anonymous_suggestions,
                         keep_uploads_hours=args.keep_uploads, max_uploads=args.max_uploads,
                         predict_per_minute=args.predict_per_minute, suggestions_per_hour=args.suggestions_per_hour,
-                        max_pending_per_client=args.max_pending)
+                        max_pending_per_client=args.max_pending, proxy_headers=args.proxy_headers,
+                        forwarded_allow_ips=args.forwarded_allow_ips)
     serve(_existing_dir(args.run), host=args.host, port=args.port, backend=args.backend, settings=settings)
     return 0
 
@@ -287,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="suggesting requests per client and hour (0: no limit; default 30)")
     p.add_argument("--max-pending", type=int, default=50, metavar="N",
                    help="photos one client may have waiting for review (0: no limit; default 50)")
+    p.add_argument("--proxy-headers", action="store_true",
+                   help="behind a reverse proxy: take the client's address from X-Forwarded-For (only from --forwarded-allow-ips)")
+    p.add_argument("--forwarded-allow-ips", default="127.0.0.1", metavar="IPS",
+                   help="with --proxy-headers: the proxies trusted, comma-separated or * (default 127.0.0.1)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("serve-admin", help="tokens of the web service: token create|list|revoke")

@@ -214,13 +214,19 @@ class Transaction:
              upload.predicted_name, upload.confidence, _blob(upload.embedding), upload.photo),
         )
 
-    def purge_uploads(self, keep_seconds: float, max_uploads: int) -> int:
-        """Delete uploads older than ``keep_seconds`` and all but the newest ``max_uploads``; returns how many."""
+    def purge_uploads(self, keep_seconds: float, max_uploads: int, max_bytes: int | None = None) -> int:
+        """Delete uploads older than ``keep_seconds``, all but the newest ``max_uploads``, and the oldest ones whose
+        photos take the newest past ``max_bytes`` in all; returns how many."""
         removed = self.db.execute("DELETE FROM uploads WHERE created < ?", (self.now - keep_seconds,)).rowcount
         removed += self.db.execute(
             "DELETE FROM uploads WHERE upload_id NOT IN (SELECT upload_id FROM uploads ORDER BY created DESC, rowid DESC LIMIT ?)",
             (max(0, int(max_uploads)),),
         ).rowcount
+        if max_bytes is not None:
+            removed += self.db.execute(
+                "DELETE FROM uploads WHERE upload_id IN (SELECT upload_id FROM (SELECT upload_id, SUM(LENGTH(photo)) "
+                "OVER (ORDER BY created DESC, rowid DESC) AS total FROM uploads) WHERE total > ?)", (int(max_bytes),),
+            ).rowcount
         return int(removed)
 
     def add_suggestion(self, image_id: str, photo: bytes | None, embedding: np.ndarray, predicted: tuple[int, str, float] | None,

@@ -1,3 +1,4 @@
+import io
 import json
 import logging
 import os
@@ -7,11 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
+from tests_helpers import photo
 
 import landmarks.data.images as images_module
-from landmarks.data.images import ImageCache, cache_key, decode_image, decode_image_bytes, default_cache_dir
+from landmarks.data.images import (
+    ImageCache,
+    cache_key,
+    decode_image,
+    decode_image_bytes,
+    default_cache_dir,
+    without_metadata,
+)
 from landmarks.errors import DataError, ImageError
-from tests_helpers import photo
 
 
 def _solid(path: Path, colour, size=(300, 200), mode="RGB", **save) -> Path:
@@ -180,3 +188,26 @@ def test_default_cache_dir(monkeypatch, tmp_path: Path):
     assert default_cache_dir() == tmp_path / "c"
     monkeypatch.delenv("LANDMARKS_CACHE")
     assert default_cache_dir() == Path.home() / ".cache" / "landmarks"
+
+
+def _encoded(size: tuple[int, int], kind: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (120, 60, 30)).save(buffer, kind)
+    return buffer.getvalue()
+
+
+def test_an_upload_is_decoded_at_reduced_scale_and_refused_over_the_pixel_limit():
+    big_jpeg = _encoded((6000, 4000), "JPEG")  # 24 MP, decoded at 1/8 scale: 750 x 500
+    pixels = decode_image_bytes(big_jpeg, 32, "big.jpg", max_pixels=1_000_000)
+    assert pixels.shape == (32, 32, 3) and abs(int(pixels[..., 0].mean()) - 120) < 4
+    with pytest.raises(ImageError, match=r"1500x1000 pixels to decode; at most 1 megapixels") as refused:
+        decode_image_bytes(_encoded((1500, 1000), "PNG"), 32, "big.png", max_pixels=1_000_000)  # decoded at full size
+    assert refused.value.kind == "too_large"
+
+
+def test_a_kept_photo_is_scaled_down_to_its_longest_side():
+    for size, kind, expected in (((5000, 1000), "JPEG", (2048, 410)), ((3000, 2000), "PNG", (2048, 1365)),
+                                 ((640, 480), "JPEG", (640, 480))):
+        kept = without_metadata(_encoded(size, kind), "p", max_side_px=2048, max_pixels=25_000_000)
+        with Image.open(io.BytesIO(kept)) as image:
+            assert image.size == expected and image.format == kind, (size, kind)

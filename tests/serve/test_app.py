@@ -13,14 +13,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from tests_helpers import PURPLE, bearer, jpeg, photo_files, running_server
 
 from landmarks.data.images import decode_image_bytes
 from landmarks.recognize.geo import read_exif_location
@@ -28,7 +29,6 @@ from landmarks.serve.admin import create_token, revoke_token
 from landmarks.serve.app import create_app
 from landmarks.serve.settings import Settings
 from landmarks.store import STORE_FILE
-from tests_helpers import PURPLE, bearer, jpeg, photo_files
 
 UNLIMITED = dict(predict_per_minute=0, suggestions_per_hour=0, max_pending_per_client=0)
 
@@ -134,7 +134,7 @@ def test_a_request_over_the_size_cap_is_refused_before_it_is_read(run: Path, tok
         before = state(client)
         files = [("photos", (f"p{i}.jpg", jpeg((9, 9, 9), seed=i, size=(200, 200)), "image/jpeg")) for i in range(4)]
         response = client.post("/landmarks", data={"name": "Heavy"}, files=files, headers=bearer(tokens["admin"]))
-        assert response.status_code == 413 and "larger than" in response.json()["detail"]
+        assert response.status_code == 413 and "Too Large" in response.text  # FastAPI's max_body_size
         assert state(client) == before
 
 
@@ -560,3 +560,82 @@ def test_a_kept_photo_loses_its_gps_position_but_not_its_orientation(run: Path, 
     assert read_exif_location(kept) is None and not Image.open(io.BytesIO(kept)).getexif()
     upright, stored = decode_image_bytes(photo, 32).astype(int), decode_image_bytes(kept, 32).astype(int)
     assert Image.open(io.BytesIO(kept)).size == (32, 48) and np.abs(upright - stored).mean() < 3
+
+
+def test_x_forwarded_for_from_loopback_does_not_bypass_the_rate_limit_unless_proxy_headers_are_asked(run: Path):
+    from landmarks.serve.app import uvicorn_config
+
+    photo = {"photo": ("q.jpg", jpeg((40, 50, 60)), "image/jpeg")}
+    settings = Settings(**{**UNLIMITED, "predict_per_minute": 3})
+    app = create_app(run, backend="torch", settings=settings)
+    with running_server(app, lambda a, host, port: uvicorn_config(a, host, port, settings)) as url:
+        answers = [httpx.post(f"{url}/predict", files=photo, headers={"X-Forwarded-For": f"203.0.113.{i}"})
+                   for i in range(6)]
+        assert [a.status_code for a in answers] == [200, 200, 200, 429, 429, 429]
+        clients = {u.client for u in (app.state.service.store.upload(a.json()["upload_id"]) for a in answers[:3])}
+        assert clients == {"ip:127.0.0.1"}  # the socket's peer, not what the header says
+    behind_proxy = Settings(**{**UNLIMITED, "predict_per_minute": 3, "proxy_headers": True})
+    app = create_app(run, backend="torch", settings=behind_proxy)
+    with running_server(app, lambda a, host, port: uvicorn_config(a, host, port, behind_proxy)) as url:
+        answers = [httpx.post(f"{url}/predict", files=photo, headers={"X-Forwarded-For": f"203.0.113.{i}"})
+                   for i in range(5)]
+        assert [a.status_code for a in answers] == [200] * 5  # five clients behind the trusted proxy
+        assert app.state.service.store.upload(answers[4].json()["upload_id"]).client == "ip:203.0.113.4"
+
+
+def test_at_most_max_concurrent_decodes_photos_are_decoded_at_once(run: Path, monkeypatch):
+    import landmarks.serve.service as service_module
+
+    running, most, lock = [0], [0], threading.Lock()
+    original = service_module.decode_image_bytes
+
+    def tracked(*args, **kwargs):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.05)  # long enough for the other threads to arrive
+        try:
+            return original(*args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(service_module, "decode_image_bytes", tracked)
+    with client_for(run, max_concurrent_decodes=2) as client:
+        service = client.app.state.service
+        threads = [threading.Thread(target=service.decode, args=(jpeg((9, 9, 9), seed=i), "p.jpg")) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert most[0] == 2
+
+
+def test_kept_uploads_are_scaled_down_and_capped_by_bytes(run: Path):
+    big = jpeg((90, 120, 150), size=(3000, 2000))
+    with client_for(run) as client:
+        upload_id = client.post("/predict", files={"photo": ("big.jpg", big, "image/jpeg")}).json()["upload_id"]
+        kept = client.app.state.service.store.upload(upload_id).photo
+        with Image.open(io.BytesIO(kept)) as image:
+            assert image.size == (2048, 1365)
+    photos = [jpeg((90, 120, 150), seed=i, size=(400, 300)) for i in range(4)]
+    kept_bytes = len(client.app.state.service.kept_photo(photos[0], "p.jpg"))
+    with client_for(run, max_uploads_mb=2.5 * kept_bytes / 2**20) as client:  # room for two of them
+        ids = [client.post("/predict", files={"photo": ("p.jpg", p, "image/jpeg")}).json()["upload_id"] for p in photos]
+        store = client.app.state.service.store
+        assert [store.upload(i) is not None for i in ids] == [False, False, True, True]
+
+
+@pytest.mark.parametrize("value", [2**63, 2**64, -(2**63) - 1])
+def test_ids_beyond_the_store_integers_are_refused_never_a_500(client: TestClient, tokens: dict[str, str], value: int):
+    admin = bearer(tokens["admin"])
+    asks = [("GET", f"/suggestions/{value}/photo", {}), ("POST", f"/suggestions/{value}/approve", {}),
+            ("POST", f"/suggestions/{value}/reject", {}), ("DELETE", f"/tokens/{value}", {}),
+            ("DELETE", f"/landmarks/{value}", {}), ("GET", f"/landmarks/{value}/references", {}),
+            ("DELETE", f"/references/x?landmark_id={value}", {}),
+            ("PUT", "/references/x", {"json": {"landmark_id": value}}),
+            ("POST", "/feedback", {"json": {"upload_id": "x", "landmark_id": value}})]
+    for method, path, arguments in asks:
+        response = client.request(method, path, headers=admin, **arguments)
+        assert response.status_code in (404, 422), (method, path, response.status_code, response.text)
+    assert client.get(f"/suggestions/{2**63 - 1}/photo", headers=admin).status_code == 404  # the largest: looked up

@@ -13,7 +13,7 @@ import pytest
 
 from landmarks.serve.admin import create_token
 from landmarks.serve.app import create_app
-from tests_helpers import bearer, jpeg, photo_files, running_server
+from tests_helpers import bearer, jpeg, photo_files, running_server, wait_for
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")]
@@ -39,7 +39,7 @@ def screenshot(page, tmp_path: Path, name: str) -> None:
 def sign_in(page, token: str) -> None:
     page.fill("#token", token)
     page.click("#sign-in")
-    page.wait_for_function("document.getElementById('whoami').textContent.startsWith('Signed in')")
+    wait_for(page, "document.getElementById('whoami').textContent.startsWith('Signed in')")
 
 
 def test_upload_predict_enrol_and_recognise_in_chromium(server: tuple[str, dict], tmp_path: Path):
@@ -58,6 +58,8 @@ def test_upload_predict_enrol_and_recognise_in_chromium(server: tuple[str, dict]
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
         page = browser.new_page()
+        blocked = []  # the service's Content-Security-Policy must let the page's script and styles run
+        page.on("console", lambda message: blocked.append(message.text) if "Content Security Policy" in message.text else None)
         page.goto(server + "/")
         page.wait_for_selector("#landmark-list li")
         assert page.locator("#landmark-list li").count() == 4
@@ -66,7 +68,7 @@ def test_upload_predict_enrol_and_recognise_in_chromium(server: tuple[str, dict]
         assert "Ada (admin)" in page.text_content("#whoami") and page.is_visible("#review")
 
         page.set_input_files("#file", str(red))
-        page.wait_for_function("document.getElementById('answer').textContent !== '—'")
+        wait_for(page, "document.getElementById('answer').textContent !== '—'")
         page.wait_for_selector("#bars .bar")
         assert page.locator("#bars .bar").count() >= 2
         first_answer = page.text_content("#answer")
@@ -76,15 +78,15 @@ def test_upload_predict_enrol_and_recognise_in_chromium(server: tuple[str, dict]
         page.fill("#enrol-name", "Purple Palace")
         page.set_input_files("#enrol-files", enrol_photos)
         page.click("#enrol")
-        page.wait_for_function("document.getElementById('enrol-status').textContent.startsWith('Added')")
+        wait_for(page, "document.getElementById('enrol-status').textContent.startsWith('Added')")
         assert "5 photos" in page.text_content("#enrol-status")
 
         page.set_input_files("#file", str(query))
-        page.wait_for_function("document.querySelector('#bars .bar .label span')?.textContent === 'Purple Palace'")
+        wait_for(page, "document.querySelector('#bars .bar .label span')?.textContent === 'Purple Palace'")
         page.click("#wrong")
         page.select_option("#correct-landmark", label="Purple Palace")
         page.click("#send-correction")
-        page.wait_for_function("document.getElementById('feedback-status').textContent.startsWith('Thanks')")
+        wait_for(page, "document.getElementById('feedback-status').textContent.startsWith('Thanks')")
         assert httpx.get(server + "/health").json()["feedback"] == 1
 
         page.evaluate(  # drag and drop the first photo again onto the drop zone
@@ -97,9 +99,10 @@ def test_upload_predict_enrol_and_recognise_in_chromium(server: tuple[str, dict]
             }""",
             base64.b64encode(red.read_bytes()).decode(),
         )
-        page.wait_for_function("(expected) => document.querySelector('#bars .bar .label span')?.textContent === expected",
-                               arg=first_top)  # the top candidate was Purple Palace until the drop was recognised
+        wait_for(page, "(expected) => document.querySelector('#bars .bar .label span')?.textContent === expected",
+                 arg=first_top)  # the top candidate was Purple Palace until the drop was recognised
         screenshot(page, tmp_path, "page.png")
+        assert not blocked, blocked
         browser.close()
 
 
@@ -122,21 +125,21 @@ def test_an_admin_approves_a_contributors_suggestion_on_the_page(server: tuple[s
         assert rows.count() == 2
         first = rows.nth(0)
         assert "Purple Palace (new landmark)" in first.text_content() and "Cy (token 2)" in first.text_content()
-        page.wait_for_function("document.querySelector('#suggestions-table img').naturalWidth > 0")  # the photo, fetched with the token
+        wait_for(page, "document.querySelector('#suggestions-table img').naturalWidth > 0")  # the photo, fetched with the token
         screenshot(page, tmp_path, "review.png")
         first.locator("button.approve").click()
-        page.wait_for_function("document.getElementById('review-status').textContent.startsWith('Approved')")
-        page.wait_for_function("document.querySelectorAll('#suggestions-table tbody tr[data-suggestion-id]').length === 1")
+        wait_for(page, "document.getElementById('review-status').textContent.startsWith('Approved')")
+        wait_for(page, "document.querySelectorAll('#suggestions-table tbody tr[data-suggestion-id]').length === 1")
         page.locator("#suggestions-table tbody tr[data-suggestion-id] button.reject").click()
-        page.wait_for_function("document.getElementById('review-status').textContent.startsWith('Rejected')")
+        wait_for(page, "document.getElementById('review-status').textContent.startsWith('Rejected')")
         assert "Purple Palace" in page.text_content("#landmark-list")
-        page.wait_for_function("document.getElementById('audit-table').textContent.includes('reject')")  # refreshed after
+        wait_for(page, "document.getElementById('audit-table').textContent.includes('reject')")  # refreshed after
         assert "approve" in page.text_content("#audit-table")
         page.set_input_files("#file", str(query))
-        page.wait_for_function("document.querySelector('#bars .bar .label span')?.textContent === 'Purple Palace'")
+        wait_for(page, "document.querySelector('#bars .bar .label span')?.textContent === 'Purple Palace'")
         screenshot(page, tmp_path, "approved.png")
         page.click("#sign-out")
-        page.wait_for_function("document.getElementById('whoami').textContent === 'Not signed in'")
+        wait_for(page, "document.getElementById('whoami').textContent === 'Not signed in'")
         assert page.is_hidden("#review")
         browser.close()
     assert httpx.get(server + "/health").json()["pending_suggestions"] == 0

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from landmarks.export.onnx import export_onnx
+from landmarks.export.web import PAGE_FILES, page_dir
 from landmarks.run_folder import RunFolder
 from landmarks.serve.app import create_app
 from landmarks.serve.settings import Settings
@@ -106,10 +107,53 @@ def test_predict_takes_the_photo_location(client: TestClient):
     assert client.post("/predict", files=red, data={"latitude": "95", "longitude": "2"}).status_code == 422
 
 
-def test_live_says_how_to_export_a_run_without_onnx(tiny_run_dir: Path, tmp_path: Path):
+def _wait_for_export(client: TestClient) -> None:
+    builder = client.app.state.live_builder
+    if builder.thread is not None:
+        builder.thread.join(timeout=600)
+
+
+def test_live_loads_on_a_run_never_exported_and_builds_its_device_model_once(tiny_run_dir: Path, tmp_path: Path):
     run = tmp_path / "bare"
     shutil.copytree(tiny_run_dir, run)
+    exports = []
     with TestClient(create_app(run, backend="torch")) as client:
+        builder = client.app.state.live_builder
+        original = builder.export
+        builder.export = lambda *args, **kwargs: (exports.append(args), original(*args, **kwargs))[1]
+        assert client.get("/live/").status_code == 200  # the page itself, which starts the export
+        for name in PAGE_FILES:  # served apart from the bundle: the page can say what is happening
+            response = client.get(f"/live/{name}")
+            assert response.status_code == 200 and response.content == (page_dir() / name).read_bytes(), name
+        waiting = client.get("/live/manifest.json")
+        if waiting.status_code == 503:  # still exporting (on a fast machine it may be done already)
+            body = waiting.json()
+            assert body["building"] is True and "landmarks export RUN_DIR --quantize int8" in body["detail"]
+            assert "so far" in body["detail"] and waiting.headers["retry-after"] == "3"
+            assert str(tmp_path) not in waiting.text
+        _wait_for_export(client)
+        manifest = client.get("/live/manifest.json")
+        assert manifest.status_code == 200 and manifest.json()["model"]["variant"] == "int8"
+        assert RunFolder(run).onnx.is_file() and RunFolder(run).onnx_int8.is_file()
+        for name in manifest.json()["files"]:
+            assert client.get(f"/live/{name}").status_code == 200, name
+        client.get("/live/manifest.json")
+    assert len(exports) == 1
+
+
+def test_live_says_what_to_run_when_the_device_model_cannot_be_built_and_names_no_server_path(tiny_run_dir: Path,
+                                                                                            tmp_path: Path):
+    run = tmp_path / "bare"
+    shutil.copytree(tiny_run_dir, run)
+    (run / RunFolder.SPLIT).unlink()  # the export checks the model on the run's photos: it cannot run here
+    with TestClient(create_app(run, backend="torch")) as client:
+        client.get("/live/manifest.json")
+        _wait_for_export(client)
         response = client.get("/live/manifest.json")
-        assert response.status_code == 503 and "landmarks export" in response.json()["detail"]
-        assert client.get("/live/").status_code == 200  # the page itself, which shows that sentence
+        assert response.status_code == 503 and response.json()["building"] is False
+        assert "run `landmarks export RUN_DIR --quantize int8` on the server" in response.json()["detail"]
+        answers = [response, client.get("/live/"), client.get("/live/live.js"), client.get("/live/nothing.txt"),
+                   client.get("/live/prototypes.bin"), client.get("/health"), client.get("/landmarks"),
+                   client.post("/predict", files={"photo": ("x.jpg", b"not a photo", "image/jpeg")})]
+        for answer in answers:
+            assert str(run) not in answer.text and str(tmp_path) not in answer.text, answer.url

@@ -26,7 +26,7 @@ from landmarks.run_folder import RunFolder
 from landmarks.recognize.recognizer import Recognizer
 from landmarks.serve.app import create_app
 from landmarks.train.run import train
-from tests_helpers import running_server, with_prototypes, write_y4m
+from tests_helpers import running_server, wait_for, with_prototypes, write_y4m
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
@@ -86,7 +86,7 @@ def best_recognised_landmark(run_dir: Path, data: Path) -> tuple[int, str, list[
 
 def answers_after_warm_up(page, frames: int = 20) -> list[str]:
     """#live-answer sampled SAMPLES times, 0.3 s apart, once the page has answered ``frames`` frames."""
-    page.wait_for_function(f"window.liveStats && window.liveStats.frames >= {frames}", timeout=120_000)
+    wait_for(page, f"window.liveStats && window.liveStats.frames >= {frames}", timeout_s=120)
     samples = []
     for _ in range(SAMPLES):
         samples.append(page.text_content("#live-answer"))
@@ -111,8 +111,12 @@ def test_live_page_names_the_landmark_and_works_offline(server: str, run_dir: Pa
         near = {"latitude": place.get("latitude", 0.0) + 0.01, "longitude": place.get("longitude", 0.0)}  # ~1.1 km
         context = browser.new_context(geolocation=near, permissions=["geolocation"])
         page = context.new_page()
-        page.goto(server + "/live")
+        blocked = []  # the service's Content-Security-Policy must let the page, its worker and the wasm run
+        page.on("console", lambda message: blocked.append(message.text) if "Content Security Policy" in message.text else None)
+        response = page.goto(server + "/live")
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
         samples = answers_after_warm_up(page)
+        assert not blocked, blocked
         assert sum(s == name for s in samples) >= SAMPLES - 2, samples
         stats = page.evaluate("window.liveStats")
         assert stats["error"] is None and stats["backend"] in ("wasm", "webgpu") and stats["fps"] > 0
@@ -127,11 +131,11 @@ def test_live_page_names_the_landmark_and_works_offline(server: str, run_dir: Pa
             page.wait_for_selector("#info-distance:not([hidden])")
             assert page.text_content("#info-distance") in ("1.1 km from you", "1.0 km from you")
         page.click("#ask-server")  # the one way a frame leaves the device
-        page.wait_for_function("document.getElementById('server-answer').textContent.startsWith('The server says')")
+        wait_for(page, "document.getElementById('server-answer').textContent.startsWith('The server says')")
         page.screenshot(path=str(os.environ.get("LIVE_SCREENSHOT") or tmp_path / "live.png"), full_page=True)
 
         # the service worker has cached the bundle once it controls the page: reload without the network
-        page.wait_for_function("navigator.serviceWorker.controller !== null", timeout=60_000)
+        wait_for(page, "navigator.serviceWorker.controller !== null", timeout_s=60)
         context.set_offline(True)
         page.reload()
         samples = answers_after_warm_up(page, frames=10)

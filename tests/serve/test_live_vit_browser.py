@@ -15,7 +15,7 @@ from landmarks.data.catalog import read_catalog
 from landmarks.export.web import DEVICE_MODEL_LIMIT_BYTES, recognizer_prototypes, runtime_dir
 from landmarks.recognize.recognizer import Recognizer
 from landmarks.serve.app import create_app
-from tests_helpers import build_tiny_gldv2, running_server, with_prototypes, write_y4m
+from tests_helpers import build_tiny_gldv2, running_server, wait_for, with_prototypes, write_y4m
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
@@ -57,7 +57,7 @@ def test_live_runs_a_vit_s_int8_model(vit_run: tuple[Path, Path], tmp_path: Path
                                              args=[*FLAGS, f"--use-file-for-fake-video-capture={clip}"])
         page = browser.new_page()
         page.goto(url + "/live/")
-        page.wait_for_function("window.liveStats && window.liveStats.frames >= 10", timeout=180_000)
+        wait_for(page, "window.liveStats && window.liveStats.frames >= 10", timeout_s=180)
         samples = []
         for _ in range(SAMPLES):
             samples.append(page.text_content("#live-answer"))

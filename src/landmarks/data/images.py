@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -53,11 +54,22 @@ def _open(source: str | Path | io.BytesIO, name: str, formats: Sequence[str] | N
     return image
 
 
-def _to_array(image: Image.Image, size_px: int, name: str) -> np.ndarray:
+def _draft(image: Image.Image, size: tuple[int, int], name: str, max_pixels: int | None) -> None:
+    """Make a JPEG decode at 1/2, 1/4 or 1/8 scale while still >= ``size`` (PIL's ``draft``: the DCT scales,
+    so the full-size pixels never exist), then refuse a photo whose decoded pixels would exceed ``max_pixels`` (other
+    formats decode at full size: their declared size counts)."""
+    if image.format == "JPEG":
+        image.draft("RGB", size)
+    if max_pixels is not None and image.width * image.height > max_pixels:
+        raise ImageError(f"{name} is too large ({image.width}x{image.height} pixels to decode; at most "
+                         f"{max_pixels / 1e6:g} megapixels, or any JPEG up to {(Image.MAX_IMAGE_PIXELS or 0) / 1e6:.0f}).",
+                         "too_large")
+
+
+def _to_array(image: Image.Image, size_px: int, name: str, max_pixels: int | None = None) -> np.ndarray:
     """Draft-decode (JPEG), apply EXIF orientation, convert to RGB and squash to size_px x size_px."""
+    _draft(image, (size_px, size_px), name, max_pixels)
     try:
-        if image.format == "JPEG":
-            image.draft("RGB", (size_px, size_px))  # decode at 1/2, 1/4 or 1/8 scale while still >= size_px
         image = ImageOps.exif_transpose(image)
         if image.mode != "RGB":
             # P with transparency goes through RGBA; CMYK, L, I;16 ... convert directly
@@ -80,12 +92,13 @@ def decode_image(path: str | Path, size_px: int) -> np.ndarray:
         return _to_array(image, size_px, str(path))
 
 
-def decode_image_bytes(data: bytes, size_px: int, name: str = "the uploaded file") -> np.ndarray:
+def decode_image_bytes(data: bytes, size_px: int, name: str = "the uploaded file", max_pixels: int | None = None) -> np.ndarray:
     """Like ``decode_image`` for bytes already in memory (an upload; common formats only); ``name`` is used in
-    error messages. Whatever a crafted file makes the decoder raise becomes an ``ImageError``."""
+    error messages; ``max_pixels``: the most pixels the photo may be decoded at (after JPEG draft scaling). Whatever
+    a crafted file makes the decoder raise becomes an ``ImageError``."""
     try:
         with _open(io.BytesIO(data), name, UPLOAD_FORMATS) as image:
-            return _to_array(image, size_px, name)
+            return _to_array(image, size_px, name, max_pixels)
     except ImageError:
         raise
     except MemoryError:
@@ -94,13 +107,20 @@ def decode_image_bytes(data: bytes, size_px: int, name: str = "the uploaded file
         raise ImageError(f"{name} is truncated or corrupt ({type(error).__name__}).") from None
 
 
-def without_metadata(data: bytes, name: str = "the uploaded file") -> bytes:
+def without_metadata(data: bytes, name: str = "the uploaded file", max_side_px: int | None = None,
+                     max_pixels: int | None = None) -> bytes:
     """The photo re-encoded without its metadata (EXIF with its GPS position, XMP, comments), turned upright first:
-    what the service keeps of a person's photo. A JPEG stays JPEG (quality 95); anything else becomes PNG."""
+    what the service keeps of a person's photo. A JPEG stays JPEG (quality 95); anything else becomes PNG. With
+    ``max_side_px`` a larger photo is scaled down to that longest side (a JPEG decoded at 1/2-1/8 scale first);
+    ``max_pixels`` as in ``decode_image_bytes``."""
     try:
         with _open(io.BytesIO(data), name, UPLOAD_FORMATS) as image:
             is_jpeg = image.format == "JPEG"
+            scale = min(1.0, (max_side_px or max(image.size)) / max(image.size))
+            _draft(image, (max(1, math.ceil(image.width * scale)), max(1, math.ceil(image.height * scale))), name, max_pixels)
             upright = ImageOps.exif_transpose(image)
+            if max_side_px is not None and max(upright.size) > max_side_px:
+                upright.thumbnail((max_side_px, max_side_px), Image.BILINEAR, reducing_gap=3.0)
             if upright.mode not in ("RGB", "L") if is_jpeg else upright.mode not in ("RGB", "RGBA", "L", "LA", "P"):
                 upright = upright.convert("RGB")
             out = io.BytesIO()

@@ -5,19 +5,29 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 from pathlib import Path
-from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from landmarks.recognize.recognizer import Recognizer
 from landmarks.serve.admin import startup_notes
 from landmarks.serve.live import mount_live
+from landmarks.serve.middleware import (
+    SecurityHeaders,
+    TokenFirst,
+    content_security_policy,
+    inline_script_hashes,
+)
 from landmarks.serve.routers import access, recognition, review
 from landmarks.serve.service import Service
-from landmarks.serve.settings import ServiceError, Settings, SizeLimits
+from landmarks.serve.settings import MB, ServiceError, Settings
 from landmarks.store import Store
 
 log = logging.getLogger(__name__)
@@ -30,7 +40,7 @@ def _purge_loop(service: Service, stop: threading.Event) -> None:
             removed = service.purge_uploads()
             if removed:
                 log.info("deleted %d expired uploads", removed)
-        except Exception:  # noqa: BLE001 - a failed purge is retried next time; the service goes on
+        except Exception:
             log.exception("could not delete expired uploads")
 
 
@@ -57,27 +67,46 @@ def create_app(run_dir: Path, backend: str = "auto", recognizer: Recognizer | No
             stop.set()
             purger.join(timeout=5)
 
-    app = FastAPI(title="landmarks", lifespan=lifespan,
+    app = FastAPI(title="landmarks", lifespan=lifespan, max_body_size=settings.max_request_bytes,  # counted as it streams in
                   description="Recognise landmarks in photos; suggest corrections and new landmarks; review them (admins).")
-    sizes = SizeLimits(settings)
 
     @app.exception_handler(ServiceError)
     async def refused(request: Request, error: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": error.detail}, error.status, headers=error.headers)
 
-    @app.middleware("http")
-    async def refuse_huge_requests(request: Request, call_next):  # before the body is spooled anywhere
-        try:
-            sizes.check_request(request.headers.get("content-length"))
-        except ServiceError as error:
-            return JSONResponse({"detail": error.detail}, error.status)
-        return await call_next(request)
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, error: HTTPException) -> Response:
+        limit = request.scope.get(MAX_BODY_SIZE_SCOPE_KEY)
+        if error.status_code == 413 and limit is not None:  # FastAPI's body limit: say which, in a sentence
+            return JSONResponse({"detail": f"The request is larger than {limit / MB:g} MB."}, 413)
+        return await http_exception_handler(request, error)
 
-    app.include_router(recognition.router)
-    app.include_router(review.router)
-    app.include_router(access.router)
+    routers = [recognition.router, review.router, access.router]
+    app.add_middleware(TokenFirst, fastapi_app=app, routers=routers)  # 401 before the body is read
+    page = (resources.files("landmarks") / "serve" / "static" / "index.html").read_text()
+    policy = content_security_policy(inline_script_hashes(page))
+    app.add_middleware(SecurityHeaders, policy=policy)  # on every answer the app's middleware sends
+
+    @app.exception_handler(Exception)  # a 500 is sent outside the middleware: it carries the headers itself
+    async def failed(request: Request, error: Exception) -> JSONResponse:
+        log.error("failed on %s %s", request.method, request.url.path, exc_info=error)
+        return JSONResponse({"detail": "The service failed on this request; its log says why."}, 500,
+                            headers=SecurityHeaders(app, policy).headers_for(request.url.path))
+
+    for router in routers:
+        app.include_router(router)
     mount_live(app, run_dir)  # /live: the device bundle (landmarks.export.web) with the service's references
     return app
+
+
+def uvicorn_config(app: FastAPI, host: str, port: int, settings: Settings):
+    """uvicorn's config for the service: proxy headers (X-Forwarded-For) are trusted only with ``--proxy-headers``, and
+    then only from ``--forwarded-allow-ips``; by default the client is the socket's peer, whatever the headers say
+    (uvicorn on its own trusts them from 127.0.0.1, so a client on the same host could pick its address)."""
+    import uvicorn  # the server only where one is started
+
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", proxy_headers=settings.proxy_headers,
+                          forwarded_allow_ips=settings.forwarded_allow_ips)
 
 
 def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, backend: str = "auto",
@@ -92,4 +121,4 @@ def serve(run_dir: Path, host: str = "127.0.0.1", port: int = 8000, backend: str
     for line in startup_notes(run_dir, settings):
         print(f"landmarks: {line}")
     print(f"landmarks: serving {run_dir} on http://{host}:{port}/ (API docs at /docs)")
-    uvicorn.run(create_app(run_dir, backend, recognizer, settings), host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn_config(create_app(run_dir, backend, recognizer, settings), host, port, settings)).run()

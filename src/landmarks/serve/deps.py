@@ -1,6 +1,9 @@
-"""Shared state and who is asking, as FastAPI dependencies: ``get_service``, ``get_actor``, ``require_admin``."""
+"""Shared state and who is asking, as FastAPI dependencies: ``get_service``, ``get_actor``, ``require_admin``,
+``require_suggester``. ``landmarks.serve.middleware`` runs the same checks before a request's body is read."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 from fastapi import Depends, Request
 
@@ -13,11 +16,10 @@ def get_service(request: Request) -> Service:
     return request.app.state.service
 
 
-def get_actor(request: Request, service: Service = Depends(get_service)) -> Actor:
-    """The sender: the token's role and name (401 for a malformed, unknown or revoked token), else anonymous (or an
-    admin, on a service started with ``--open``)."""
-    host = request.client.host if request.client else "unknown"
-    header = request.headers.get("authorization")
+def actor_of(service: Service, headers: Mapping[str, str], host: str) -> Actor:
+    """The sender of a request with these headers from this (socket peer's) address: the token's role and name (401
+    for a malformed, unknown or revoked token), else anonymous (or an admin, on a service started with ``--open``)."""
+    header = headers.get("authorization")
     if header is None:
         if service.settings.open:
             return Actor("admin", "open access", None, f"ip:{host}")
@@ -31,10 +33,21 @@ def get_actor(request: Request, service: Service = Depends(get_service)) -> Acto
     return Actor(token.role, token.name or f"{token.role} {token.token_id}", token.token_id, f"token:{token.token_id}")
 
 
+def get_actor(request: Request, service: Service = Depends(get_service)) -> Actor:
+    """The sender (see ``actor_of``)."""
+    return actor_of(service, request.headers, request.client.host if request.client else "unknown")
+
+
 def require_admin(actor: Actor = Depends(get_actor)) -> Actor:
     """401 without a token, 403 with a contributor's."""
     if actor.role == "anonymous":
         raise ServiceError(401, "This needs an admin token (Authorization: Bearer <token>).", {"WWW-Authenticate": "Bearer"})
     if actor.role != "admin":
         raise ServiceError(403, "This needs an admin token; yours is a contributor's.")
+    return actor
+
+
+def require_suggester(actor: Actor = Depends(get_actor), service: Service = Depends(get_service)) -> Actor:
+    """401 for a visitor without a token, unless the service allows anonymous suggestions."""
+    service.may_suggest(actor)
     return actor

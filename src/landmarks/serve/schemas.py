@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from fastapi import Path
 from pydantic import BaseModel, Field
 
 from landmarks.store import Role, SuggestionState
+
+# Ids are the store's integers (SQLite: signed 64-bit); a larger one is refused with 422 before it reaches the store.
+STORE_INT_MIN, STORE_INT_MAX = -(2**63), 2**63 - 1
+StoreId = Annotated[int, Path(ge=STORE_INT_MIN, le=STORE_INT_MAX)]  # an id in a route's path
 
 
 class CandidateOut(BaseModel):
@@ -44,7 +49,7 @@ class PredictionOut(BaseModel):
 
 class FeedbackIn(BaseModel):
     upload_id: str
-    landmark_id: int = Field(description="the landmark the photo shows, or -1 for none")
+    landmark_id: int = Field(ge=STORE_INT_MIN, le=STORE_INT_MAX, description="the landmark the photo shows, or -1 for none")
     add_to_index: bool = Field(True, description="also make the photo a reference of that landmark (admins: at once; "
                                                  "others: a suggestion for review)")
 
@@ -125,7 +130,7 @@ class ReferenceOut(BaseModel):
 
 
 class MoveIn(BaseModel):
-    landmark_id: int
+    landmark_id: int = Field(ge=STORE_INT_MIN, le=STORE_INT_MAX)
 
 
 class RemovedOut(BaseModel):

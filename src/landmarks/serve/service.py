@@ -56,6 +56,7 @@ class Service:
         self.sizes = SizeLimits(self.settings)
         self.index_lock = ReadWriteLock()
         self.changes = threading.Lock()
+        self.decoding = threading.BoundedSemaphore(self.settings.max_concurrent_decodes)
         self.predict_limit = RateLimiter(self.settings.predict_per_minute, 60.0, "predictions")
         self.suggest_limit = RateLimiter(self.settings.suggestions_per_hour, 3600.0, "suggestions")
         self.enrolled: dict[int, str] = store.reference_changes().enrolled
@@ -63,10 +64,24 @@ class Service:
 
     # -- reading -------------------------------------------------------------------------------------
     def decode(self, data: bytes, name: str) -> np.ndarray:
-        try:
-            return decode_image_bytes(data, self.recognizer.input_size_px, name)
-        except ImageError as error:
-            raise ServiceError({"too_large": 413, "not_image": 415}.get(error.kind, 400), str(error)) from None
+        """The photo at the model's size; at most ``max_concurrent_decodes`` photos are decoded at once."""
+        with self.decoding:
+            try:
+                return decode_image_bytes(data, self.recognizer.input_size_px, name, self.settings.max_decode_pixels)
+            except ImageError as error:
+                raise ServiceError({"too_large": 413, "not_image": 415}.get(error.kind, 400), str(error)) from None
+
+    def kept_photo(self, data: bytes, name: str) -> bytes:
+        """What is stored of a photo: without its metadata, at most ``kept_photo_side_px`` on its longest side."""
+        with self.decoding:
+            try:
+                return without_metadata(data, name, self.settings.kept_photo_side_px, self.settings.max_decode_pixels)
+            except ImageError as error:
+                raise ServiceError({"too_large": 413, "not_image": 415}.get(error.kind, 400), str(error)) from None
+
+    def _purge(self, tx) -> int:
+        settings = self.settings
+        return tx.purge_uploads(settings.keep_uploads_hours * 3600, settings.max_uploads, int(settings.max_uploads_mb * 2**20))
 
     def predict(self, data: bytes, filename: str, actor: Actor, location: Location | None = None) -> tuple[str, Prediction]:
         """(upload id, prediction); the photo is kept as an upload when the settings say so ("" when not).
@@ -82,16 +97,16 @@ class Service:
             return "", prediction
         upload = Upload(secrets.token_hex(8), time.time(), actor.client, image_id_of(data, PHOTO_PREFIX),
                         prediction.landmark_id, prediction.name, prediction.confidence, embeddings[0],
-                        without_metadata(data, filename))
+                        self.kept_photo(data, filename))
         with self.store.transaction() as tx:
             tx.add_upload(upload)
-            tx.purge_uploads(self.settings.keep_uploads_hours * 3600, self.settings.max_uploads)
+            self._purge(tx)
         return upload.upload_id, prediction
 
     def purge_uploads(self, now: float | None = None) -> int:
-        """Delete the uploads past their time or over the count (the service calls this every minute)."""
+        """Delete the uploads past their time, over the count or over the bytes (the service calls this every minute)."""
         with self.store.transaction(now) as tx:
-            return tx.purge_uploads(self.settings.keep_uploads_hours * 3600, self.settings.max_uploads)
+            return self._purge(tx)
 
     def landmarks(self) -> list[tuple[int, str, int, bool]]:
         """(landmark id, name, reference photos, enrolled after training), by name."""
@@ -236,7 +251,7 @@ class Service:
                 skipped.append(f"{filename}: {error.detail}")
                 continue
             image_ids.append(image_id_of(data, PHOTO_PREFIX))
-            kept_photos.append(without_metadata(data, filename))
+            kept_photos.append(self.kept_photo(data, filename))
         if not decoded:
             raise ServiceError(415, "None of the photos could be read: " + "; ".join(skipped))
         admin = actor.role == "admin"

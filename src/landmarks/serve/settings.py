@@ -6,6 +6,7 @@ from fastapi import UploadFile
 from pydantic import BaseModel, Field
 
 MB = 1024 * 1024
+JSON_BODY_BYTES = 1 * MB  # the body of a JSON route (POST /feedback, /tokens, PUT /references/{id})
 
 
 class ServiceError(Exception):
@@ -29,8 +30,15 @@ class Settings(BaseModel):
     suggestions_per_hour: float = Field(30.0, ge=0, description="suggesting requests per client and hour (0: unlimited)")
     max_pending_per_client: int = Field(50, ge=0, description="photos a client may have waiting for review (0: unlimited)")
     max_upload_bytes: int = Field(10 * MB, gt=0, description="one photo")
-    max_request_bytes: int = Field(64 * MB, gt=0, description="a whole request, refused before it is read")
+    max_request_bytes: int = Field(64 * MB, gt=0, description="a whole request (photos), counted as it streams in")
+    max_decode_pixels: int = Field(25_000_000, gt=0, description="the pixels one photo may be decoded at (a JPEG is "
+                                   "decoded at 1/2-1/8 scale first, so any JPEG under PIL's 89-MP bomb limit fits)")
+    max_concurrent_decodes: int = Field(4, gt=0, description="photos decoded at once; the others wait")
+    kept_photo_side_px: int = Field(2048, gt=0, description="a kept photo is scaled down to this longest side")
+    max_uploads_mb: float = Field(500.0, ge=0, description="kept predicted photos in all, in MB (oldest dropped first)")
     max_enrol_photos: int = Field(50, gt=0, description="photos in one POST /landmarks")
+    proxy_headers: bool = Field(False, description="trust X-Forwarded-For/-Proto from forwarded_allow_ips (behind a proxy)")
+    forwarded_allow_ips: str = Field("127.0.0.1", description="with proxy_headers: the proxies' addresses (comma-separated, or *)")
     purge_every_seconds: float = Field(60.0, gt=0, description="how often expired uploads are deleted")
 
     @property
@@ -50,15 +58,10 @@ class Settings(BaseModel):
 
 
 class SizeLimits:
-    """The one size check: the whole request (from Content-Length, before reading) and each photo (while reading)."""
+    """The size of each photo (while reading it); the whole request is limited by ``landmarks.serve.middleware.BodyLimit``."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-
-    def check_request(self, content_length: str | None) -> None:
-        limit = self.settings.max_request_bytes
-        if content_length and content_length.isdigit() and int(content_length) > limit:
-            raise ServiceError(413, f"The request is larger than {limit / MB:g} MB.")
 
     def read(self, upload: UploadFile, name: str | None = None) -> bytes:
         """The photo's bytes; refuses an empty one, and one over the limit without reading past it."""

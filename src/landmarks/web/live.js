@@ -46,8 +46,21 @@ async function fetchChecked(url, options) {
   return response;
 }
 
+// The service builds a run's device model on first need: manifest.json answers 503 {building: true, detail} until it
+// is there; the page shows the sentence and asks again. Any other refusal's sentence ends the wait.
+async function fetchManifest() {
+  for (;;) {
+    const response = await fetch("manifest.json", { cache: "no-cache" });
+    if (response.ok) return response.json();
+    const body = await response.json().catch(() => ({}));
+    if (response.status !== 503 || !body.building) throw new Error(body.detail || `manifest.json: HTTP ${response.status}`);
+    status(body.detail);
+    await new Promise((resolve) => setTimeout(resolve, 1000 * (body.retry_after_s || 3)));
+  }
+}
+
 async function loadBundle() {
-  manifest = await (await fetchChecked("manifest.json", { cache: "no-cache" })).json();
+  manifest = await fetchManifest();
   rule = manifest.scoring;
   const landmarks = await (await fetchChecked(manifest.landmarks)).json();
   landmarksById = new Map(landmarks.map((l) => [l.landmark_id, l]));

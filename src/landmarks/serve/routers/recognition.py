@@ -10,13 +10,33 @@ from fastapi.responses import HTMLResponse
 from landmarks.data.catalog import NO_LANDMARK, NO_LANDMARK_NAME
 from landmarks.recognize.geo import Location
 from landmarks.recognize.recognizer import Prediction, Recognizer
-from landmarks.serve.deps import get_actor, get_service, require_admin
+from landmarks.serve.deps import (
+    get_actor,
+    get_service,
+    require_admin,
+    require_suggester,
+)
 from landmarks.serve.schemas import (
-    CandidateOut, DeletedLandmarkOut, EnrolOut, FeedbackIn, FeedbackOut, HealthOut, LandmarkInfo, LandmarkOut, MoveIn,
-    NeighbourOut, PredictionOut, ReferenceOut, RemovedOut, WhoAmIOut,
+    STORE_INT_MAX,
+    STORE_INT_MIN,
+    CandidateOut,
+    DeletedLandmarkOut,
+    EnrolOut,
+    FeedbackIn,
+    FeedbackOut,
+    HealthOut,
+    LandmarkInfo,
+    LandmarkOut,
+    MoveIn,
+    NeighbourOut,
+    PredictionOut,
+    ReferenceOut,
+    RemovedOut,
+    StoreId,
+    WhoAmIOut,
 )
 from landmarks.serve.service import Actor, Service
-from landmarks.serve.settings import ServiceError
+from landmarks.serve.settings import JSON_BODY_BYTES, ServiceError
 
 router = APIRouter()
 
@@ -72,7 +92,8 @@ def health(service: Service = Depends(get_service)) -> HealthOut:
                              "max_pending_per_client": settings.max_pending_per_client,
                              "keep_uploads_hours": settings.keep_uploads_hours, "max_uploads": settings.max_uploads,
                              "max_upload_mb": settings.max_upload_bytes / 2**20,
-                             "max_request_mb": settings.max_request_bytes / 2**20},
+                             "max_request_mb": settings.max_request_bytes / 2**20,
+                             "max_json_mb": JSON_BODY_BYTES / 2**20},
                      **service.health())
 
 
@@ -98,8 +119,8 @@ def predict(photo: UploadFile = File(...), top_k: int = Form(3),
                           service.recognizer.info_of(prediction.landmark_id))
 
 
-@router.post("/feedback", response_model=FeedbackOut)
-def feedback(body: FeedbackIn, actor: Actor = Depends(get_actor), service: Service = Depends(get_service)) -> FeedbackOut:
+@router.post("/feedback", response_model=FeedbackOut, max_body_size=JSON_BODY_BYTES)
+def feedback(body: FeedbackIn, actor: Actor = Depends(require_suggester), service: Service = Depends(get_service)) -> FeedbackOut:
     """An admin's correction applies at once; a contributor's becomes a suggestion for review."""
     return FeedbackOut(**service.feedback(body.upload_id, body.landmark_id, body.add_to_index, actor))
 
@@ -112,7 +133,7 @@ def landmarks(service: Service = Depends(get_service)) -> list[LandmarkOut]:
 
 @router.post("/landmarks", response_model=EnrolOut)
 def enrol(name: str = Form(..., min_length=1, max_length=200), photos: list[UploadFile] = File(...),
-          actor: Actor = Depends(get_actor), service: Service = Depends(get_service)) -> EnrolOut:
+          actor: Actor = Depends(require_suggester), service: Service = Depends(get_service)) -> EnrolOut:
     """A new landmark from a few photos (admins: recognised from the next request on; others: suggestions)."""
     service.may_suggest(actor)
     service.check_photo_count(len(photos))
@@ -121,26 +142,27 @@ def enrol(name: str = Form(..., min_length=1, max_length=200), photos: list[Uplo
 
 
 @router.delete("/landmarks/{landmark_id}", response_model=DeletedLandmarkOut)
-def delete_landmark(landmark_id: int, actor: Actor = Depends(require_admin),
+def delete_landmark(landmark_id: StoreId, actor: Actor = Depends(require_admin),
                     service: Service = Depends(get_service)) -> DeletedLandmarkOut:
     """An enrolled landmark and its photos: unknown at once and after a restart."""
     return DeletedLandmarkOut(**service.delete_landmark(landmark_id, actor))
 
 
 @router.get("/landmarks/{landmark_id}/references", response_model=list[ReferenceOut])
-def references(landmark_id: int, actor: Actor = Depends(require_admin),
+def references(landmark_id: StoreId, actor: Actor = Depends(require_admin),
                service: Service = Depends(get_service)) -> list[ReferenceOut]:
     return [ReferenceOut(image_id=i, source=s) for i, s in service.references_of(landmark_id)]
 
 
 @router.delete("/references/{image_id}", response_model=RemovedOut)
-def delete_reference(image_id: str, landmark_id: int | None = Query(None, description="only this landmark's reference"),
+def delete_reference(image_id: str, landmark_id: int | None = Query(None, ge=STORE_INT_MIN, le=STORE_INT_MAX,
+                                                                    description="only this landmark's reference"),
                      actor: Actor = Depends(require_admin), service: Service = Depends(get_service)) -> RemovedOut:
     """One photo out of the references, trained or added; it stays removed after a restart."""
     return RemovedOut(**service.delete_reference(image_id, landmark_id, actor))
 
 
-@router.put("/references/{image_id}", response_model=RemovedOut)
+@router.put("/references/{image_id}", response_model=RemovedOut, max_body_size=JSON_BODY_BYTES)
 def move_reference(image_id: str, body: MoveIn, actor: Actor = Depends(require_admin),
                    service: Service = Depends(get_service)) -> RemovedOut:
     """A reference photo moved to another landmark: no longer a reference of the one it was."""

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 
 from landmarks.serve.deps import get_service, require_admin
-from landmarks.serve.schemas import DecisionOut, SuggestionOut
+from landmarks.serve.schemas import DecisionOut, StoreId, SuggestionOut
 from landmarks.serve.service import Actor, Service
 from landmarks.serve.settings import ServiceError
 from landmarks.store import SuggestionState
@@ -26,7 +26,7 @@ def suggestions(status: SuggestionState | Literal["all"] = "pending", limit: int
 
 
 @router.get("/{suggestion_id}/photo", response_class=Response)
-def photo(suggestion_id: int, actor: Actor = Depends(require_admin), service: Service = Depends(get_service)) -> Response:
+def photo(suggestion_id: StoreId, actor: Actor = Depends(require_admin), service: Service = Depends(get_service)) -> Response:
     """The suggested photo as it was sent (gone once the suggestion is rejected)."""
     data = service.store.suggestion_photo(suggestion_id)
     if data is None:
@@ -36,12 +36,12 @@ def photo(suggestion_id: int, actor: Actor = Depends(require_admin), service: Se
 
 
 @router.post("/{suggestion_id}/approve", response_model=DecisionOut)
-def approve(suggestion_id: int, actor: Actor = Depends(require_admin), service: Service = Depends(get_service)) -> DecisionOut:
+def approve(suggestion_id: StoreId, actor: Actor = Depends(require_admin), service: Service = Depends(get_service)) -> DecisionOut:
     """The photo joins the references at once (a suggested new landmark is created)."""
     return DecisionOut(**service.approve(suggestion_id, actor))
 
 
 @router.post("/{suggestion_id}/reject", response_model=DecisionOut)
-def reject(suggestion_id: int, actor: Actor = Depends(require_admin), service: Service = Depends(get_service)) -> DecisionOut:
+def reject(suggestion_id: StoreId, actor: Actor = Depends(require_admin), service: Service = Depends(get_service)) -> DecisionOut:
     """Nothing reaches the references; the photo is deleted."""
     return DecisionOut(**service.reject(suggestion_id, actor))
