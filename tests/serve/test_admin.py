@@ -7,11 +7,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from fastapi import APIRouter
 from fastapi.testclient import TestClient
 
 from landmarks.cli import main
 from landmarks.serve.admin import startup_notes
 from landmarks.serve.app import create_app
+from landmarks.serve.routers import access, references, review
 from landmarks.serve.settings import Settings
 from landmarks.store import STORE_FILE
 from tests_helpers import PURPLE, bearer, jpeg, photo_files
@@ -61,3 +63,15 @@ def test_a_landmark_taught_through_the_service_is_known_to_predict_unless_traine
     assert json.loads(capsys.readouterr().out.splitlines()[0])["name"] == "Purple Palace"
     assert main(["predict", str(run), str(query), "--json", "--backend", "torch", "--trained-only"]) == 0
     assert json.loads(capsys.readouterr().out.splitlines()[0])["name"] != "Purple Palace"
+
+
+@pytest.mark.parametrize("router", [references.router, review.router, access.router], ids=["references", "review", "access"])
+def test_every_route_of_an_admin_router_refuses_anyone_but_an_admin(run: Path, router: APIRouter):
+    """The admin-only routers declare the admin check once, and it holds for each of their routes."""
+    with TestClient(create_app(run)) as client:
+        for route in router.routes:
+            path = route.path.replace("{landmark_id}", "1").replace("{image_id}", "x").replace("{suggestion_id}", "1") \
+                .replace("{token_id}", "1")
+            for method in route.methods:
+                answer = client.request(method, path, json={"role": "admin", "landmark_id": 1})
+                assert answer.status_code == 401, (method, path, answer.status_code)

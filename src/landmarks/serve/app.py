@@ -25,7 +25,7 @@ from landmarks.serve.middleware import (
     content_security_policy,
     inline_script_hashes,
 )
-from landmarks.serve.routers import access, recognition, review
+from landmarks.serve.routers import access, recognition, references, review
 from landmarks.serve.service import Service
 from landmarks.serve.settings import MB, ServiceError, Settings
 from landmarks.store import Store
@@ -81,7 +81,7 @@ def create_app(run_dir: Path, backend: str = "auto", recognizer: Recognizer | No
             return JSONResponse({"detail": f"The request is larger than {limit / MB:g} MB."}, 413)
         return await http_exception_handler(request, error)
 
-    routers = [recognition.router, review.router, access.router]
+    routers = [recognition.router, references.router, review.router, access.router]
     app.add_middleware(TokenFirst, fastapi_app=app, routers=routers)  # 401 before the body is read
     page = (resources.files("landmarks") / "serve" / "static" / "index.html").read_text()
     policy = content_security_policy(inline_script_hashes(page))

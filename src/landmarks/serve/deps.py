@@ -27,7 +27,7 @@ def actor_of(service: Service, headers: Mapping[str, str], host: str) -> Actor:
     scheme, _, secret = header.strip().partition(" ")
     if scheme.lower() != "bearer" or not secret.strip():
         raise ServiceError(401, "The Authorization header must be 'Bearer <token>'.", {"WWW-Authenticate": "Bearer"})
-    token = service.store.token_for(secret.strip())
+    token = service.token_for(secret.strip())
     if token is None:
         raise ServiceError(401, "The token is unknown or revoked.", {"WWW-Authenticate": "Bearer"})
     return Actor(token.role, token.name or f"{token.role} {token.token_id}", token.token_id, f"token:{token.token_id}")

@@ -24,7 +24,7 @@ from landmarks.recognize.geo import Location, read_exif_location
 from landmarks.recognize.recognizer import Prediction, Recognizer
 from landmarks.serve.limits import RateLimiter, ReadWriteLock
 from landmarks.serve.settings import ServiceError, Settings, SizeLimits
-from landmarks.store import ReferenceChanges, Store, Suggestion, Upload, image_id_of
+from landmarks.store import ReferenceChanges, Store, Suggestion, Token, Upload, image_id_of
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +399,35 @@ class Service:
             self._apply(self._assigned(image_id, embedding, landmark_id, added, moved_from))
         return {"image_id": image_id, "landmark_ids": [landmark_id], "moved_from": moved_from}
 
-    # -- tokens and audit (admins) -------------------------------------------------------------------
+    # -- tokens, review queue and audit (admins) ------------------------------------------------------
+    def token_for(self, secret: str) -> Token | None:
+        """The active token with this secret (None when unknown or revoked)."""
+        return self.store.token_for(secret)
+
+    def tokens(self) -> list[Token]:
+        return self.store.tokens()
+
+    def token(self, token_id: int) -> Token:
+        found = next((t for t in self.store.tokens() if t.token_id == token_id), None)
+        if found is None:
+            raise ServiceError(404, f"No token with id {token_id}.")
+        return found
+
+    def audit(self, limit: int) -> list[dict[str, Any]]:
+        """Every change: who, what, when (newest first)."""
+        return self.store.audit(limit)
+
+    def suggestions(self, status: str | None, limit: int) -> list[tuple[Suggestion, str]]:
+        """Suggestions in this state (None: all), each with the suggested landmark's name."""
+        return [(s, s.landmark_name or self.recognizer.names.get(s.landmark_id, str(s.landmark_id)))
+                for s in self.store.suggestions(status, limit)]
+
+    def suggestion_photo(self, suggestion_id: int) -> bytes:
+        data = self.store.suggestion_photo(suggestion_id)
+        if data is None:
+            raise ServiceError(404, f"Suggestion {suggestion_id} has no photo (unknown, or rejected).")
+        return data
+
     def create_token(self, role: str, name: str, actor: Actor) -> tuple[int, str]:
         with self.store.transaction() as tx:
             token_id, secret = tx.add_token(role, name)

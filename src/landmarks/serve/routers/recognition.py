@@ -1,40 +1,18 @@
-"""Recognising photos, the landmarks, corrections, enrolment and undo (DELETE)."""
+"""Recognising photos, the landmarks, corrections and enrolment (deleting and moving: ``routers.references``)."""
 
 from __future__ import annotations
 
 from importlib import resources
 
-from fastapi import APIRouter, Depends, File, Form, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import HTMLResponse
 
 from landmarks.data.catalog import NO_LANDMARK, NO_LANDMARK_NAME
 from landmarks.recognize.geo import Location
 from landmarks.recognize.recognizer import Prediction, Recognizer
-from landmarks.serve.deps import (
-    get_actor,
-    get_service,
-    require_admin,
-    require_suggester,
-)
-from landmarks.serve.schemas import (
-    STORE_INT_MAX,
-    STORE_INT_MIN,
-    CandidateOut,
-    DeletedLandmarkOut,
-    EnrolOut,
-    FeedbackIn,
-    FeedbackOut,
-    HealthOut,
-    LandmarkInfo,
-    LandmarkOut,
-    MoveIn,
-    NeighbourOut,
-    PredictionOut,
-    ReferenceOut,
-    RemovedOut,
-    StoreId,
-    WhoAmIOut,
-)
+from landmarks.serve.deps import get_actor, get_service, require_suggester
+from landmarks.serve.schemas import (CandidateOut, EnrolOut, FeedbackIn, FeedbackOut, HealthOut, LandmarkInfo, LandmarkOut,
+                                     NeighbourOut, PredictionOut, WhoAmIOut)
 from landmarks.serve.service import Actor, Service
 from landmarks.serve.settings import JSON_BODY_BYTES, ServiceError
 
@@ -139,31 +117,3 @@ def enrol(name: str = Form(..., min_length=1, max_length=200), photos: list[Uplo
     service.check_photo_count(len(photos))
     read = [(upload.filename or "a photo", service.sizes.read(upload, upload.filename or "a photo")) for upload in photos]
     return EnrolOut(**service.enrol(name, read, actor))
-
-
-@router.delete("/landmarks/{landmark_id}", response_model=DeletedLandmarkOut)
-def delete_landmark(landmark_id: StoreId, actor: Actor = Depends(require_admin),
-                    service: Service = Depends(get_service)) -> DeletedLandmarkOut:
-    """An enrolled landmark and its photos: unknown at once and after a restart."""
-    return DeletedLandmarkOut(**service.delete_landmark(landmark_id, actor))
-
-
-@router.get("/landmarks/{landmark_id}/references", response_model=list[ReferenceOut])
-def references(landmark_id: StoreId, actor: Actor = Depends(require_admin),
-               service: Service = Depends(get_service)) -> list[ReferenceOut]:
-    return [ReferenceOut(image_id=i, source=s) for i, s in service.references_of(landmark_id)]
-
-
-@router.delete("/references/{image_id}", response_model=RemovedOut)
-def delete_reference(image_id: str, landmark_id: int | None = Query(None, ge=STORE_INT_MIN, le=STORE_INT_MAX,
-                                                                    description="only this landmark's reference"),
-                     actor: Actor = Depends(require_admin), service: Service = Depends(get_service)) -> RemovedOut:
-    """One photo out of the references, trained or added; it stays removed after a restart."""
-    return RemovedOut(**service.delete_reference(image_id, landmark_id, actor))
-
-
-@router.put("/references/{image_id}", response_model=RemovedOut, max_body_size=JSON_BODY_BYTES)
-def move_reference(image_id: str, body: MoveIn, actor: Actor = Depends(require_admin),
-                   service: Service = Depends(get_service)) -> RemovedOut:
-    """A reference photo moved to another landmark: no longer a reference of the one it was."""
-    return RemovedOut(**service.move_reference(image_id, body.landmark_id, actor))
