@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from landmarks.data.catalog import NO_LANDMARK
 from landmarks.errors import ConfigError, DataError
+from landmarks.recognize.centres import spherical_kmeans
 from landmarks.recognize.confidence import FEATURES
 from landmarks.recognize.recognizer import Recognizer
 from landmarks.run_folder import RunFolder
@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 PROTOTYPES_PER_LANDMARK = 8
 NON_LANDMARK_PROTOTYPES = 16
-KMEANS_ITERATIONS = 20
 MANIFEST_VERSION = 1
 PAGE_FILES = ("index.html", "live.js", "worker.js", "scoring.js", "sw.js", "live.css")
 # ONNX Runtime Web (the version pinned in package.json): the files listed in web/runtime-files.txt, which the Makefile
@@ -62,21 +61,6 @@ RUNTIME_MISSING = ("The live page needs ONNX Runtime Web: install Node.js and np
 
 
 # -- prototypes ---------------------------------------------------------------------------------------
-def spherical_kmeans(vectors: np.ndarray, clusters: int, iterations: int = KMEANS_ITERATIONS,
-                     seed: int = 0) -> np.ndarray:
-    """Cluster assignment of each L2-normalised row: FAISS's cosine k-means (``faiss.Kmeans(spherical=True)``)."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    count = len(vectors)
-    clusters = max(1, min(clusters, count))
-    if clusters == count:
-        return np.arange(count)
-    kmeans = faiss.Kmeans(vectors.shape[1], clusters, niter=iterations, seed=seed, spherical=True,
-                          min_points_per_centroid=1, verbose=False)
-    kmeans.train(vectors)
-    _, assignment = kmeans.index.search(vectors, 1)
-    return assignment[:, 0].astype(np.int64)
-
-
 def compact_references(embeddings: np.ndarray, landmark_ids: np.ndarray, per_landmark: int = PROTOTYPES_PER_LANDMARK,
                        non_landmark: int = NON_LANDMARK_PROTOTYPES, mode: str = "centroid",
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

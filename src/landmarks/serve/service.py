@@ -20,6 +20,7 @@ import numpy as np
 from landmarks.data.catalog import NO_LANDMARK
 from landmarks.data.images import decode_image_bytes, without_metadata
 from landmarks.errors import ImageError
+from landmarks.recognize.centres import reference_fingerprint
 from landmarks.recognize.geo import Location, read_exif_location
 from landmarks.recognize.recognizer import Prediction, Recognizer
 from landmarks.serve.limits import RateLimiter, ReadWriteLock
@@ -60,6 +61,9 @@ class Service:
         self.suggest_limit = RateLimiter(self.settings.suggestions_per_hour, 3600.0, "suggestions")
         self.enrolled: dict[int, str] = store.reference_changes().enrolled
         self.added: set[tuple[str, int]] = {(r.image_id, r.landmark_id) for r in store.added_references()}
+        stored = store.taught_centres()  # the store catches up with centres Recognizer.load imprinted again
+        self._imprint([i for i in recognizer.centres if i not in stored or stored[i].fingerprint !=
+                       reference_fingerprint(recognizer.reference_ids_of(i))])
 
     # -- reading -------------------------------------------------------------------------------------
     def decode(self, data: bytes, name: str) -> np.ndarray:
@@ -172,6 +176,22 @@ class Service:
                 self.recognizer.add_references(embedding[None], [image_id], landmark_id)
                 self.added.add((image_id, landmark_id))
 
+    def _imprint(self, landmark_ids) -> None:
+        """Imprint again the class centres of the taught landmarks among ``landmark_ids`` (their photos changed) and
+        store them. They follow the references' own transaction: a crash in between leaves centres whose
+        fingerprint no longer matches the photos, which ``Recognizer.load`` imprints again."""
+        taught = sorted({int(i) for i in landmark_ids if self.recognizer.is_taught(int(i))})
+        if not taught or not self.recognizer.imprints:
+            return
+        with self.index_lock.write():
+            imprinted = {i: self.recognizer.imprint(i) for i in taught}
+        with self.store.transaction() as tx:
+            for landmark_id, centres in imprinted.items():
+                if centres is None:
+                    tx.drop_centres(landmark_id)
+                else:
+                    tx.set_centres(centres)
+
     def feedback(self, upload_id: str, landmark_id: int, add_to_index: bool, actor: Actor) -> dict[str, Any]:
         """An admin's correction applies at once; a contributor's (or an allowed visitor's) becomes a suggestion."""
         self.may_suggest(actor)
@@ -209,6 +229,7 @@ class Service:
                          moved_from=moved_from)
             if added or moved_from:
                 self._apply_assign(upload.image_id, upload.embedding, landmark_id, added, moved_from)
+                self._imprint([landmark_id, *moved_from])
         return {"feedback_id": feedback_id, "added_to_index": added, "status": outcome, "suggestion_id": suggestion_id}
 
     def check_photo_count(self, count: int) -> None:
@@ -269,6 +290,7 @@ class Service:
             for p, added, moved_from in applied:
                 if added or moved_from:
                     self._apply_assign(image_ids[p], embeddings[p], landmark_id, added, moved_from)
+            self._imprint([landmark_id, *(m for _, _, moved_from in applied for m in moved_from)])
         return {"landmark_id": landmark_id, "name": self.recognizer.names[landmark_id],
                 "photos_added": sum(added for _, added, _ in applied), "skipped": skipped, "status": "applied",
                 "suggestion_ids": []}
@@ -313,6 +335,7 @@ class Service:
                     self.enrolled[landmark_id] = new_name
             if added or moved_from:
                 self._apply_assign(suggestion.image_id, suggestion.embedding, landmark_id, added, moved_from)
+                self._imprint([landmark_id, *moved_from])
         return {"suggestion_id": suggestion_id, "status": "approved", "landmark_id": landmark_id,
                 "name": self.recognizer.names[landmark_id]}
 
@@ -350,6 +373,7 @@ class Service:
                 if index is not None:
                     index.remove(np.flatnonzero(index.landmark_ids == landmark_id))
                 self.recognizer.names.pop(landmark_id, None)
+                self.recognizer.centres.pop(landmark_id, None)
                 self.enrolled.pop(landmark_id, None)
                 self.added.difference_update(pairs)
         return {"landmark_id": landmark_id, "name": name, "references_removed": len(pairs)}
@@ -369,6 +393,7 @@ class Service:
             with self.index_lock.write():
                 self.recognizer.index.remove(self.recognizer.index.positions_of((image_id, l) for l in landmarks))
                 self.added.difference_update((image_id, l) for l in landmarks)
+            self._imprint(landmarks)
         return {"image_id": image_id, "landmark_ids": landmarks}
 
     def move_reference(self, image_id: str, landmark_id: int, actor: Actor) -> dict[str, Any]:
@@ -387,6 +412,7 @@ class Service:
                 tx.audit(actor.label, "move_reference", image_id=image_id, landmark_id=landmark_id, moved_from=moved_from)
             if added or moved_from:
                 self._apply_assign(image_id, embedding, landmark_id, added, moved_from)
+                self._imprint([landmark_id, *moved_from])
         return {"image_id": image_id, "landmark_ids": [landmark_id], "moved_from": moved_from}
 
     # -- tokens and audit (admins) -------------------------------------------------------------------
