@@ -45,7 +45,7 @@ def normalized_rows(vectors: np.ndarray) -> np.ndarray:
 
 def neck_part(embeddings: np.ndarray, neck_dims: int) -> np.ndarray:
     """The classifier's part of embeddings (N, D), each row L2-normalised."""
-    return normalized_rows(np.asarray(embeddings, dtype=np.float32).reshape(len(embeddings), -1)[:, :neck_dims])
+    return normalized_rows(np.asarray(embeddings, dtype=np.float32)[:, :neck_dims])
 
 
 def centre_count(photos: int, subcenters: int, photos_per_centre: int = PHOTOS_PER_CENTRE) -> int:
