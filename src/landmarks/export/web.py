@@ -14,7 +14,8 @@ What the folder holds (``manifest.json`` lists it):
   approved in the service are included: the prototypes are taken from the Recognizer, which reads the store.
   Known non-landmark references (-1) are compacted the same way, with ``NON_LANDMARK_PROTOTYPES`` clusters;
 - ``landmarks.json``: id, name and, when the run knows them, latitude, longitude, url, description;
-- the scoring rule of ``Recognizer.score`` (kNN weight, k, classifier score, non-landmark penalty), the calibration
+- the scoring rule of ``Recognizer.score`` (kNN weight, k, classifier score, non-landmark penalty, the taught
+  landmarks' imprinted class centres), the calibration
   map when the run is calibrated (``scoring.json``), and the threshold of "no known landmark";
 - the page (``index.html``, ``live.js``, ``worker.js``, ``scoring.js``, ``sw.js``, ``live.css``) and the ONNX
   Runtime Web files under ``ort/`` (npm's ``onnxruntime-web``, installed by ``make web``; never a CDN).
@@ -164,10 +165,24 @@ def scoring_rule(recognizer: Recognizer) -> dict[str, object]:
         "non_landmark_penalty": float(cfg.non_landmark_penalty), "classifier": classifier,
         "logit_scale": float(recognizer.logit_scale or 1.0),
         "class_landmark_ids": [int(i) for i in recognizer.class_landmark_ids],
+        "taught_centres": taught_centres(recognizer),
         "threshold": threshold, "threshold_source": source,
         "calibration": None if calibration is None else {"method": calibration.method, "features": list(FEATURES),
                                                           "parameters": calibration.parameters},
     }
+
+
+def taught_centres(recognizer: Recognizer) -> dict[str, object] | None:
+    """The taught landmarks' imprinted class centres (``landmarks.recognize.centres``), for ``scoring.js`` to score
+    them as ``Recognizer.score`` does: the cosine of the first ``neck_dims`` values of the embedding to each centre
+    (``rows`` of ``neck_dims`` values, one row per centre, ``landmark_ids`` one per row); None when none."""
+    centres = {i: c for i, c in recognizer.centres.items() if i in recognizer.names and len(c)}
+    if not centres or recognizer.neck_dims is None:
+        return None
+    ids = sorted(centres)
+    return {"neck_dims": int(recognizer.neck_dims),
+            "landmark_ids": [int(i) for i in ids for _ in range(len(centres[i]))],
+            "rows": [[round(float(v), 6) for v in row] for i in ids for row in centres[i]]}
 
 
 @dataclass

@@ -47,6 +47,28 @@ function classifierScores(logits, rule) {
   return out;
 }
 
+/**
+ * Taught landmarks (no classifier column): landmark id -> cosine of the embedding's first neck_dims values,
+ * normalised, to the nearest of its imprinted centres, in [0, 1] (landmarks.recognize.centres.centre_scores).
+ */
+export function taughtScores(embedding, centres) {
+  const out = new Map();
+  if (!centres || !centres.rows || !centres.rows.length) return out;
+  const dims = centres.neck_dims;
+  if (embedding.length < dims) return out;
+  let norm = 0;
+  for (let j = 0; j < dims; j++) norm += embedding[j] ** 2;
+  norm = Math.max(Math.sqrt(norm), 1e-12);
+  centres.rows.forEach((row, r) => {
+    let dot = 0;
+    for (let j = 0; j < dims; j++) dot += row[j] * embedding[j];
+    const score = Math.min(1, Math.max(0, dot / norm));
+    const id = centres.landmark_ids[r];
+    out.set(id, Math.max(out.has(id) ? out.get(id) : 0, score));
+  });
+  return out;
+}
+
 const sigmoid = (z) => 0.5 * (1 + Math.tanh(0.5 * z));
 
 function interp(x, xs, ys) {
@@ -110,11 +132,15 @@ export function scoreEmbedding(embedding, logits, prototypes, prototypeIds, rule
     const classes = Array.from(probabilities.keys()).sort((a, b) => probabilities[b] - probabilities[a]);
     for (const column of classes.slice(0, rule.top_k)) candidateIds.add(rule.class_landmark_ids[column]);
   }
+  const taught = taughtScores(embedding, rule.taught_centres);
+  const taughtIds = Array.from(taught.keys()).sort((a, b) => taught.get(b) - taught.get(a) || a - b);
+  for (const id of taughtIds.slice(0, rule.top_k)) candidateIds.add(id);
   const scores = [];
   for (const id of candidateIds) {
     const knnScore = Math.max(0, knn.has(id) ? knn.get(id) : 0);
     const column = columnOf.get(id);
-    const classifierScore = column !== undefined && probabilities.length ? probabilities[column] : knnScore;
+    const classifierScore = column !== undefined && probabilities.length ? probabilities[column]
+      : taught.has(id) ? taught.get(id) : knnScore;
     let fused = weight * knnScore + (1 - weight) * classifierScore;
     if (nonLandmarkSimilarity > 0) {
       fused -= rule.non_landmark_penalty * Math.max(0, nonLandmarkSimilarity - (knn.has(id) ? knn.get(id) : 0));
