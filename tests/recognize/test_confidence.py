@@ -64,3 +64,21 @@ def test_recognizer_applies_the_calibration():
     [doubtful] = recognizer.score(np.array([[0.7, 0.71, 0.0]], dtype=np.float32) / 1.0, np.zeros((1, 3), np.float32))
     assert doubtful.confidence == pytest.approx(1 / (1 + np.exp(-(10 * 0.71 - 7))), abs=1e-4)  # 0.525
     assert not doubtful.known
+
+
+def test_teaching_outlook_reads_the_measured_coverage_and_the_minimum_photos():
+    from landmarks.recognize.confidence import MIN_TEACHING_PHOTOS, teaching_outlook
+
+    measured = {"coverage": 0.7, "taught": {"trained_coverage": 0.6, "min_photos": 10,
+                                            "by_photos": {"3": {"coverage": 0.2}, "5": {"coverage": 0.4},
+                                                          "10": {"coverage": 0.65}}}}
+    calibration = Calibration("platt", {"slope": 1.0, "intercept": 0.0}, 0.5, measured=measured)
+    four = teaching_outlook(calibration, 4, taught=True)
+    assert four.expected_coverage == pytest.approx(0.3) and four.more_photos_help
+    assert "at least 10" in four.sentence() and "about 30%" in four.sentence()
+    assert teaching_outlook(calibration, 12, taught=True).sentence() is None
+    assert teaching_outlook(calibration, 12, taught=True).expected_coverage == pytest.approx(0.65)
+    trained = teaching_outlook(calibration, 3, taught=False)
+    assert trained.expected_coverage == pytest.approx(0.6) and trained.sentence() is None
+    plain = teaching_outlook(None, 2, taught=True)  # not calibrated on taught landmarks: the measured default
+    assert plain.expected_coverage is None and plain.min_photos == MIN_TEACHING_PHOTOS and plain.more_photos_help

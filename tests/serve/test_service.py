@@ -77,3 +77,24 @@ def test_a_store_written_before_centres_existed_is_migrated_and_its_landmarks_im
     assert stored_centres(run) == {landmark_id: (16, 3)}
     with sqlite3.connect(run / STORE_FILE) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+
+
+def test_landmarks_say_how_many_photos_taught_each_how_sure_and_when_more_would_help(run: Path):
+    from fastapi.testclient import TestClient
+
+    from landmarks.recognize.confidence import MIN_TEACHING_PHOTOS
+    from landmarks.serve.app import create_app
+    from landmarks.serve.settings import Settings
+
+    settings = Settings(open=True, predict_per_minute=0, suggestions_per_hour=0, max_pending_per_client=0)
+    files = [("photos", (name, data, "image/jpeg")) for name, data in photos(MIN_TEACHING_PHOTOS)]
+    with TestClient(create_app(run, backend="torch", settings=settings)) as client:
+        assert client.post("/landmarks", data={"name": "Purple Palace"}, files=files[:2]).status_code == 200
+        [taught] = [l for l in client.get("/landmarks").json() if l["enrolled"]]
+        assert taught["references"] == 2 and taught["class_centres"] == 1
+        assert f"Taught from 2 photos: more photos (at least {MIN_TEACHING_PHOTOS}" in taught["note"]
+        trained = [l for l in client.get("/landmarks").json() if not l["enrolled"]]
+        assert all(l["note"] is None and l["class_centres"] == 0 for l in trained)
+        assert client.post("/landmarks", data={"name": "Purple Palace"}, files=files[2:]).status_code == 200
+        [taught] = [l for l in client.get("/landmarks").json() if l["enrolled"]]
+        assert taught["references"] == MIN_TEACHING_PHOTOS and taught["note"] is None

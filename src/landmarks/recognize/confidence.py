@@ -136,3 +136,46 @@ class Calibration:
         """KeyError or TypeError when ``raw`` is not a stored calibration."""
         return cls(**{k: raw[k] for k in ("method", "parameters", "threshold")},
                    **{k: raw[k] for k in ("target_precision", "fitted_on", "measured") if k in raw})
+
+
+MIN_TEACHING_PHOTOS = 5  # runs calibrated without taught landmarks: below this, "more photos will help" (bench_enrol)
+
+
+@dataclass
+class TeachingOutlook:
+    """How sure a run is about a landmark taught from ``photos`` photos: the share of its other photos it is
+    expected to name, right and above the threshold (None when the calibration did not measure it), and whether
+    more photos would help (fewer than ``min_photos``)."""
+
+    photos: int
+    expected_coverage: float | None
+    min_photos: int
+
+    @property
+    def more_photos_help(self) -> bool:
+        return self.photos < self.min_photos
+
+    def sentence(self) -> str | None:
+        """One sentence for a landmark taught from too few photos, else None."""
+        if not self.more_photos_help:
+            return None
+        expected = (f"; from {self.photos} it names about {self.expected_coverage:.0%} of its photos"
+                    if self.expected_coverage is not None else "")
+        return (f"Taught from {self.photos} photo{'s' if self.photos != 1 else ''}: more photos (at least "
+                f"{self.min_photos}, from different angles) will help the service recognise it{expected}.")
+
+
+def teaching_outlook(calibration: Calibration | None, photos: int, taught: bool) -> TeachingOutlook:
+    """The outlook of a landmark with ``photos`` reference photos; ``taught``: enrolled after training (else the
+    calibration's coverage of trained landmarks, and no minimum). The expected coverage of a taught landmark is
+    read off ``Calibration.measured["taught"]`` (coverage per number of teaching photos, linearly between them)."""
+    measured = (calibration.measured.get("taught") if calibration is not None else None) or {}
+    if not taught:
+        coverage = measured.get("trained_coverage", calibration.measured.get("coverage") if calibration else None)
+        return TeachingOutlook(photos, coverage, 0)
+    by_photos = {int(n): f["coverage"] for n, f in measured.get("by_photos", {}).items()}
+    coverage = None
+    if by_photos:
+        counts = sorted(by_photos)
+        coverage = float(np.interp(photos, counts, [by_photos[n] for n in counts]))
+    return TeachingOutlook(photos, coverage, int(measured.get("min_photos", MIN_TEACHING_PHOTOS)))
