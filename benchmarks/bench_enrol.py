@@ -72,6 +72,20 @@ def trained_queries(run_dir: Path, data: Path) -> tuple[list[str], np.ndarray, s
     return frame["path"].tolist(), frame["landmark_id"].to_numpy(np.int64), "the data's test photos of trained landmarks"
 
 
+def embed_once(recognizer: Recognizer, paths: list[str], cache: Path | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """path -> (embedding, logits) of every readable photo, from ``cache`` when it holds them all."""
+    if cache is not None and cache.exists():
+        stored = np.load(cache, allow_pickle=False)
+        known = {str(p): i for i, p in enumerate(stored["paths"])}
+        if all(p in known for p in paths):
+            return {p: (stored["embeddings"][known[p]], stored["logits"][known[p]]) for p in paths}
+    embeddings, logits, valid, _ = embed_paths(recognizer.embedder, paths)
+    readable = [p for p, ok in zip(paths, valid) if ok]
+    if cache is not None:
+        np.savez(cache, paths=np.asarray(readable), embeddings=embeddings, logits=logits)
+    return {p: (embeddings[i], logits[i]) for i, p in enumerate(readable)}
+
+
 def shares(predictions, truth: np.ndarray) -> dict[str, float]:
     top1 = np.array([p.landmark_id for p in predictions]) == truth
     known = np.array([p.known for p in predictions])
@@ -124,6 +138,8 @@ def main() -> None:
     parser.add_argument("--photos", type=int, nargs="+", default=[3, 5, 10], help="photos each is enrolled from")
     parser.add_argument("--run", help="the run folder trained without those landmarks: reused when it holds one, "
                                       "else trained there")
+    parser.add_argument("--embeddings", help="an .npz of the photos' embeddings: read when it exists (it must come from "
+                                             "this --run's model), else written, so that a run is embedded once")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -137,8 +153,7 @@ def main() -> None:
         trained_paths, trained_truth, trained_what = trained_queries(run_dir, data)
         taught_paths = catalog.frame.loc[catalog.frame["landmark_id"].isin(held_out), "path"].tolist()
         paths = [*trained_paths, *taught_paths]
-        embeddings, logits, valid, _ = embed_paths(recognizer.embedder, paths)
-        embedded = {p: (embeddings[i], logits[i]) for i, p in enumerate(p for p, ok in zip(paths, valid) if ok)}
+        embedded = embed_once(recognizer, paths, Path(args.embeddings) if args.embeddings else None)
         keep = [p in embedded for p in trained_paths]
         trained = (np.stack([embedded[p][0] for p, k in zip(trained_paths, keep) if k]),
                    np.stack([embedded[p][1] for p, k in zip(trained_paths, keep) if k]), trained_truth[keep])
