@@ -123,6 +123,8 @@ def test_page_scoring_agrees_with_the_recognizer(tmp_path: Path, calibration: st
                            "weights": [2.0, 1.0, 0.5, -1.0, 1.5][: len(FEATURES)], "bias": 0.1}}
     if calibration:
         recognizer.calibration = Calibration(calibration, parameters[calibration], threshold=0.4)
+    if recognizer.centres:  # and taught answers get a map of their own
+        recognizer.calibration.taught = {"method": "platt", "parameters": {"slope": 9.0, "intercept": -2.0}}
     device = with_prototypes(recognizer, *recognizer_prototypes(recognizer, per_landmark=2))
     device.config.min_confidence = float(np.median([p.confidence for p in device.score(queries, logits)]))
     expected = device.score(queries, logits)

@@ -253,6 +253,8 @@ def test_a_calibration_model_is_taught_half_its_hidden_landmarks_and_asked_about
     assert samples.is_landmark[taught].all() and samples.correct[taught].mean() > 0.8  # well apart: mostly right
     assert (samples.source == HELD_OUT).sum() == 4 * 3 and (samples.source == HIDDEN).sum() == 4 * 3
     assert not samples.correct[samples.source == HIDDEN].any()
+    assert samples.answer_taught[taught & samples.correct].all()  # a right answer about a taught photo names it
+    assert not samples.answer_taught[(samples.source == HELD_OUT) & samples.correct].any()
     figures = taught_figures(samples, samples.features[:, 0], threshold=0.0)  # everything known
     assert set(figures["by_photos"]) == set(samples.taught_photos[taught].tolist())
     assert figures["all"]["coverage"] == pytest.approx(samples.correct[taught].mean())

@@ -168,7 +168,8 @@ def scoring_rule(recognizer: Recognizer) -> dict[str, object]:
         "taught_centres": taught_centres(recognizer),
         "threshold": threshold, "threshold_source": source,
         "calibration": None if calibration is None else {"method": calibration.method, "features": list(FEATURES),
-                                                          "parameters": calibration.parameters},
+                                                          "parameters": calibration.parameters,
+                                                          "taught": calibration.taught},
     }
 
 

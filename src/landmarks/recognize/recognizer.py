@@ -107,6 +107,11 @@ class Recognizer:
         """A landmark the classifier was not trained on (enrolled after training)."""
         return int(landmark_id) not in self.class_of and int(landmark_id) in self.names
 
+    def is_taught_answer(self, landmark_id: int) -> bool:
+        """Whether an answer names a landmark the classifier does not know (the calibration's ``taught`` map); a run
+        without a classifier has none."""
+        return bool(self.class_of) and int(landmark_id) not in self.class_of and int(landmark_id) >= 0
+
     def reference_ids_of(self, landmark_id: int) -> list[str]:
         if self.index is None:
             return []
@@ -306,7 +311,7 @@ class Recognizer:
                 )
             )
         if self.calibration is not None:
-            self.calibration.apply(results, cfg.min_confidence)
+            self.calibration.apply(results, cfg.min_confidence, self.is_taught_answer)
         if locations is not None:
             self.apply_geo(results, locations)
         return results

@@ -64,6 +64,7 @@ TAUGHT = "taught landmark"
 
 TAUGHT_PHOTOS = (3, 5, 10)  # photos a calibration model's taught landmarks are taught from, as users teach them
 TAUGHT_SHARE = 0.5  # share of a calibration model's hidden landmarks it is taught (the others stay unknown)
+MIN_TAUGHT_ANSWERS = 50  # answers naming a taught landmark needed for a map of their own
 
 HIDDEN_FRACTION = 0.25  # landmarks a calibration model never sees, as bench_open_set.py hides them
 
@@ -130,10 +131,13 @@ class CalibrationSamples:
     is_landmark: np.ndarray
     source: np.ndarray
     taught_photos: np.ndarray | None = None  # per answer: the photos its landmark was taught from (``TAUGHT``), else 0
+    answer_taught: np.ndarray | None = None  # per answer: it names a taught landmark (the calibration's taught map)
 
     def __post_init__(self) -> None:
         if self.taught_photos is None:
             self.taught_photos = np.zeros(len(self.correct), np.int64)
+        if self.answer_taught is None:
+            self.answer_taught = np.zeros(len(self.correct), bool)
 
     def __len__(self) -> int:
         return len(self.correct)
@@ -146,12 +150,13 @@ class CalibrationSamples:
     def only(self, sources: Sequence[str]) -> "CalibrationSamples":
         keep = np.isin(self.source, list(sources))
         return CalibrationSamples(self.features[keep], self.correct[keep], self.is_landmark[keep], self.source[keep],
-                                  self.taught_photos[keep])
+                                  self.taught_photos[keep], self.answer_taught[keep])
 
     def to_frame(self) -> pd.DataFrame:
         frame = pd.DataFrame(self.features, columns=list(FEATURES))
         return frame.assign(correct=self.correct.astype(int), is_landmark=self.is_landmark.astype(int),
-                            source=self.source, taught_photos=self.taught_photos)
+                            source=self.source, taught_photos=self.taught_photos,
+                            answer_taught=self.answer_taught.astype(int))
 
 def probe_recognizer(recognizer: Recognizer, embeddings: np.ndarray, image_ids: Sequence[str],
                      landmark_ids: Sequence[int] | np.ndarray) -> LeaveOutRecognizer:
@@ -202,9 +207,16 @@ def calibrate(samples: CalibrationSamples, method: str, target_precision: float 
               default_threshold: float = 0.3, certainty: float = 0.5) -> Calibration:
     """Fit ``method`` on the samples and choose the threshold for ``target_precision`` with ``certainty`` (None:
     ``default_threshold`` on the calibrated scale); what it was fitted on and what it measures there are recorded
-    in the result."""
-    calibration = fit_calibration(samples.features, samples.correct, method)
-    confidences = calibration(samples.features)
+    in the result. Answers that name a taught landmark (``answer_taught``), when there are ``MIN_TAUGHT_ANSWERS``
+    of them, right and wrong, get a map of their own (``Calibration.taught``), the others the main one; the one
+    threshold is chosen over all answers."""
+    taught = samples.answer_taught
+    trained = ~taught if taught.any() else np.ones(len(samples), bool)
+    calibration = fit_calibration(samples.features[trained], samples.correct[trained], method)
+    if taught.sum() >= MIN_TAUGHT_ANSWERS and len(np.unique(samples.correct[taught])) == 2:
+        own = fit_calibration(samples.features[taught], samples.correct[taught], method)
+        calibration.taught = {"method": own.method, "parameters": own.parameters}
+    confidences = calibration(samples.features, taught)
     if target_precision is None or calibration.method == "none" and method != "none":
         threshold, reached = default_threshold, None
     else:
@@ -228,7 +240,7 @@ def write_calibration_answers(run: RunFolder, calibration: Calibration, samples:
     """evaluation/calibration/samples.csv (the answers with their confidence) and the two calibration plots."""
     out = run.evaluation("calibration")
     out.mkdir(parents=True, exist_ok=True)
-    confidences = calibration(samples.features)
+    confidences = calibration(samples.features, samples.answer_taught)
     samples.to_frame().assign(confidence=confidences).to_csv(out / "samples.csv", index=False)
     plural = {HELD_OUT: "held-out photos", HIDDEN: "photos of hidden landmarks", NON_LANDMARK_PHOTO: "non-landmark photos",
               TAUGHT: "photos of taught landmarks"}
@@ -345,7 +357,7 @@ def calibrate_after_training(run: RunFolder, config: Config, data: PreparedData,
     calibration = calibrate(samples, recognize.calibration, recognize.target_precision, recognize.min_confidence,
                             recognize.precision_certainty)
     calibration.fitted_on["queries"] = queries
-    taught = taught_figures(samples, calibration(samples.features), calibration.threshold)
+    taught = taught_figures(samples, calibration(samples.features, samples.answer_taught), calibration.threshold)
     if taught is not None:
         calibration.measured["taught"] = taught
         log.info("taught landmarks (calibration models): right and known %s of their other photos from %s teaching "
@@ -430,7 +442,8 @@ def calibration_model_samples(
     draws = [_calibration_model_samples(recognizer, config, train, val, bank_references, bank_negatives,
                                         hidden_fraction, config.train.seed + draw) for draw in range(models)]
     return CalibrationSamples(*(np.concatenate([getattr(d, name) for d in draws])
-                                for name in ("features", "correct", "is_landmark", "source", "taught_photos")))
+                                for name in ("features", "correct", "is_landmark", "source", "taught_photos",
+                                             "answer_taught")))
 
 
 def _calibration_model_samples(recognizer: Recognizer, config: Config, train: tuple[np.ndarray, np.ndarray],
@@ -471,11 +484,12 @@ def _calibration_model_samples(recognizer: Recognizer, config: Config, train: tu
              (hidden_pool[np.sort(take)], None, HIDDEN, 0), *taught_parts]
     if bank_negatives is not None and len(bank_negatives):
         parts.append((bank_negatives, None, NON_LANDMARK_PHOTO, 0))
-    features, correct, is_landmark, source, taught_photos = [], [], [], [], []
+    features, correct, is_landmark, source, taught_photos, answer_taught = [], [], [], [], [], []
     for pooled, true, kind, photos in parts:
         if not len(pooled):
             continue
         answers = probe.ask(*model(pooled))
+        answer_taught.append(np.array([probe.is_taught_answer(a.landmark_id) for a in answers], bool))
         features.append(prediction_features(answers))
         correct.append(np.array([a.landmark_id for a in answers]) == true if true is not None
                        else np.zeros(len(answers), bool))
@@ -485,7 +499,8 @@ def _calibration_model_samples(recognizer: Recognizer, config: Config, train: tu
     log.info("calibration model: %d landmarks known, %d hidden (%s), %d of them taught", len(known_ids), len(hidden),
              ", ".join(str(int(h)) for h in np.sort(hidden)), len(taught_parts))
     return CalibrationSamples(np.concatenate(features), np.concatenate(correct), np.concatenate(is_landmark),
-                              np.asarray(source, dtype=object), np.concatenate(taught_photos))
+                              np.asarray(source, dtype=object), np.concatenate(taught_photos),
+                              np.concatenate(answer_taught))
 
 
 def teach_hidden(probe: Recognizer, model: PooledArcFace, pooled: np.ndarray, labels: np.ndarray,

@@ -149,9 +149,12 @@ export function scoreEmbedding(embedding, logits, prototypes, prototypeIds, rule
   }
   scores.sort((a, b) => b.score - a.score || a.landmark_id - b.landmark_id);
   const candidates = scores.slice(0, rule.top_k);
-  const best = candidates[0] || { landmark_id: NO_LANDMARK, score: 0 };
+  let best = candidates[0] || { landmark_id: NO_LANDMARK, score: 0 };
   let confidence = best.score;
   const calibration = rule.calibration;
+  // answers naming a landmark the classifier does not know use the calibration's taught map when it has one
+  const isTaught = (id) => columnOf.size > 0 && !columnOf.has(id) && id >= 0;
+  const mapOf = (id) => (calibration && calibration.taught && isTaught(id) ? calibration.taught : calibration);
   if (calibration && calibration.method === "gate") {
     const neighbours = order.slice(0, rule.show_neighbours || 0);
     const agreement = neighbours.length
@@ -166,10 +169,14 @@ export function scoreEmbedding(embedding, logits, prototypes, prototypeIds, rule
       if (!(name in features)) throw new Error(`the page does not know the calibration feature ${name}`);
       return features[name];
     });
-    confidence = gateProbability(values, calibration.parameters);
+    confidence = gateProbability(values, mapOf(best.landmark_id).parameters);
     if (candidates.length) candidates[0] = { ...candidates[0], score: confidence };
   } else if (calibration) {
-    for (const candidate of candidates) candidate.score = mapScore(candidate.score, calibration);
+    for (const candidate of candidates) candidate.score = mapScore(candidate.score, mapOf(candidate.landmark_id));
+    if (calibration.taught) {
+      candidates.sort((a, b) => b.score - a.score || a.landmark_id - b.landmark_id);
+      if (candidates.length) best = candidates[0];
+    }
     confidence = candidates.length ? candidates[0].score : 0;
   }
   return { landmark_id: best.landmark_id, confidence, known: confidence >= rule.threshold, candidates };
