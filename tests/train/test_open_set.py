@@ -259,3 +259,22 @@ def test_a_calibration_model_is_taught_half_its_hidden_landmarks_and_asked_about
     assert set(figures["by_photos"]) == set(samples.taught_photos[taught].tolist())
     assert figures["all"]["coverage"] == pytest.approx(samples.correct[taught].mean())
     assert figures["trained_coverage"] == pytest.approx(samples.correct[samples.source == HELD_OUT].mean())
+
+
+def test_teaching_is_replayed_on_a_run_whose_weights_never_saw_its_photos():
+    from landmarks.train.open_set import TAUGHT, taught_leave_out_samples
+
+    rng = np.random.default_rng(1)
+    tower = np.stack([unit(1, 0, 0) + 0.05 * rng.normal(size=3) for _ in range(4)])
+    bridge = np.stack([unit(0, 1, 0) + 0.05 * rng.normal(size=3) for _ in range(4)])
+    vectors = (np.concatenate([tower, bridge]) / np.linalg.norm(np.concatenate([tower, bridge]), axis=1,
+                                                                keepdims=True)).astype(np.float32)
+    labels = np.array([10] * 4 + [20] * 4)
+    config = RecognizeConfig(knn_k=3, knn_weight=1.0, top_k=2, show_neighbours=3)
+    probe = probe_recognizer(Recognizer(FixedEmbedder(), np.array([10, 20]), {10: "tower", 20: "bridge"}, None, config),
+                             vectors, [f"r{i}" for i in range(8)], labels)
+    samples = taught_leave_out_samples(probe, (vectors, np.zeros((8, 2), np.float32), labels), seed=0)
+    # tower taught from 3 of its 4 photos, bridge from min(5, 4 - 1) = 3: one photo of each asked, named right
+    assert samples.source.tolist() == [TAUGHT, TAUGHT] and samples.taught_photos.tolist() == [3, 3]
+    assert samples.correct.all() and samples.answer_taught.all() and samples.is_landmark.all()
+    assert samples.features[:, 0] == pytest.approx([1.0, 1.0], abs=0.02)  # its nearest kept photo is close

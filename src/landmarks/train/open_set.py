@@ -203,6 +203,44 @@ def gather_samples(
     return CalibrationSamples(np.concatenate(features), np.concatenate(correct), np.concatenate(is_landmark),
                               np.asarray(source, dtype=object))
 
+def concatenate_samples(parts: Sequence[CalibrationSamples]) -> CalibrationSamples:
+    return CalibrationSamples(*(np.concatenate([getattr(p, name) for p in parts]) for name in
+                                ("features", "correct", "is_landmark", "source", "taught_photos", "answer_taught")))
+
+
+def taught_leave_out_samples(probe: LeaveOutRecognizer, queries: tuple[np.ndarray, np.ndarray, np.ndarray],
+                             seed: int) -> CalibrationSamples:
+    """Teaching replayed on a run whose weights never saw its reference photos (query i is reference i): each
+    landmark in turn keeps only ``TAUGHT_PHOTOS`` (3, 5 or 10, in turn) of its reference photos and is asked about
+    the others, as if taught from those (``TAUGHT`` answers; those naming it are ``answer_taught``)."""
+    embeddings, logits, true = queries
+    true = np.asarray(true, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    vectors, image_ids, labels = probe.index.vectors(), probe.index.image_ids, probe.index.landmark_ids
+    parts = []
+    for number, landmark_id in enumerate(np.unique(true[true >= 0])):
+        photos = rng.permutation(np.flatnonzero(true == landmark_id))
+        count = min(TAUGHT_PHOTOS[number % len(TAUGHT_PHOTOS)], len(photos) - 1)
+        if count < 1:
+            continue
+        asked = photos[count:]
+        keep = np.ones(len(vectors), bool)
+        keep[asked] = False
+        taught = LeaveOutRecognizer(probe.embedder, probe.class_landmark_ids, probe.names,
+                                    EmbeddingIndex.build(vectors[keep], [image_ids[i] for i in np.flatnonzero(keep)],
+                                                         labels[keep], "flat"),
+                                    copy.deepcopy(probe.config), logit_scale=probe.logit_scale)
+        answers = taught.ask(embeddings[asked], logits[asked])
+        named = np.array([a.landmark_id for a in answers]) == landmark_id
+        parts.append(CalibrationSamples(prediction_features(answers), named, np.ones(len(asked), bool),
+                                        np.full(len(asked), TAUGHT, dtype=object), np.full(len(asked), count),
+                                        named.copy()))
+    if not parts:
+        nothing = np.zeros(0, bool)
+        return CalibrationSamples(np.zeros((0, len(FEATURES))), nothing, nothing, np.array([], dtype=object))
+    return concatenate_samples(parts)
+
+
 def calibrate(samples: CalibrationSamples, method: str, target_precision: float | None,
               default_threshold: float = 0.3, certainty: float = 0.5) -> Calibration:
     """Fit ``method`` on the samples and choose the threshold for ``target_precision`` with ``certainty`` (None:
@@ -346,6 +384,8 @@ def calibrate_after_training(run: RunFolder, config: Config, data: PreparedData,
         probe = probe_recognizer(recognizer, np.concatenate(references[0]), references[1],
                                  np.concatenate(references[2]))
         samples = gather_samples(probe, queries, negatives, queries_are_references)
+        if queries_are_references:  # weights that never saw the photos: teaching them can be replayed exactly
+            samples = concatenate_samples([samples, taught_leave_out_samples(probe, queries, config.train.seed)])
         queries = ("training photos, each left out of its own search (untrained weights)" if queries_are_references
                    else "validation split, searched against the training photos"
                    ) + "; hidden landmarks: each photo asked again with its own landmark left out"
