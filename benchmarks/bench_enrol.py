@@ -30,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import answers, data_dir, teaching_photos, write_section  # noqa: E402
 
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 
 from landmarks.config import load_config  # noqa: E402
