@@ -125,9 +125,14 @@ def teach(run_dir: Path, catalog, held_out: list[int], photos: int, embedded: di
                 assert abs(answer["confidence"] - mine.confidence) < 1e-4, (path, answer, mine)
             taught_after = shares(predictions, np.asarray(truth))
             trained_after = shares(service.recognizer.score(*trained[:2]), trained[2])
-            centres = len(service.recognizer.centres)
+            centres = {i: c.copy() for i, c in service.recognizer.centres.items()}
+        with TestClient(create_app(copy, settings=Settings(**OPEN_UNLIMITED))) as client:  # a restart
+            recognizer = client.app.state.service.recognizer
+            kept = (recognizer.centres.keys() == centres.keys()
+                    and all(np.array_equal(recognizer.centres[i], c) for i, c in centres.items()))
+            same = [p.landmark_id for p in recognizer.score(embeddings, logits)] == [p.landmark_id for p in predictions]
     return {"photos": photos, "taught": taught_after, "trained_before": trained_before, "trained_after": trained_after,
-            "centres": centres}
+            "centres": len(centres), "restart": kept and same}
 
 
 def main() -> None:
@@ -168,6 +173,9 @@ def report(args: argparse.Namespace, rows: list[dict], trained_what: str, scorin
     def pct(value: float) -> str:
         return "n/a" if value != value else f"{value:.0%}"
 
+    restarts = ", ".join(f"{r['photos']} photos: {r['centres']} taught landmarks with centres, "
+                         f"{'the same centres and answers' if r['restart'] else 'NOT the same'} after a restart"
+                         for r in rows)
     lines = ["| teaching photos | taught: photos asked | top-1 right | right and known | known but wrong | "
              "right top-1 given as known | precision of known | median confidence (right top-1) | trained: "
              "right top-1 given as known | trained: precision before -> after | trained: coverage before -> after |",
@@ -191,6 +199,7 @@ def report(args: argparse.Namespace, rows: list[dict], trained_what: str, scorin
         f"head is a cosine classifier); its other photos are then asked. Trained landmarks: {trained_what} "
         f"({rows[0]['trained_before']['photos']} photos), asked before and after the teaching. "
         f"'Right top-1 given as known': right and known / top-1 right.\n\n```\n{command}\n```\n\n" + "\n".join(lines)
+        + f"\n\nRestarts: {restarts}."
     )
 
 
