@@ -96,7 +96,16 @@ def shares(predictions, truth: np.ndarray) -> dict[str, float]:
             "median_right": statistics.median(right_confidences) if right_confidences else float("nan")}
 
 
-def teach(run_dir: Path, catalog, held_out: list[int], photos: int, embedded: dict, trained: tuple) -> dict:
+def photo_order(catalog, landmark_id: int, most_photos: int, max_queries: int) -> list[str]:
+    """A landmark's photos in teaching order (``teaching_photos``), cut to the most teaching photos asked for plus
+    ``max_queries`` (0: all)."""
+    paths = catalog.frame.loc[catalog.frame["landmark_id"] == landmark_id, "path"].tolist()
+    taught, _ = teaching_photos(paths, landmark_id, len(paths))
+    return taught[: most_photos + max_queries] if max_queries else taught
+
+
+def teach(run_dir: Path, catalog, held_out: list[int], photos: int, embedded: dict, trained: tuple,
+          max_queries: int = 0, most_photos: int = 0) -> dict:
     """One number of teaching photos on a fresh copy of the run: the figures before and after."""
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "run"
@@ -109,6 +118,9 @@ def teach(run_dir: Path, catalog, held_out: list[int], photos: int, embedded: di
                 name = f"new: {catalog.name_of(landmark_id)}"
                 paths = catalog.frame.loc[catalog.frame["landmark_id"] == landmark_id, "path"].tolist()
                 taught, queries = teaching_photos(paths, landmark_id, photos)
+                if max_queries:  # the same photos for every number of teaching photos: those after the most taught
+                    queries = queries[most_photos - photos:][:max_queries]
+                queries = [p for p in queries if p in embedded]  # readable ones
                 files = [("photos", (Path(p).name, Path(p).read_bytes(), "image/jpeg")) for p in taught]
                 response = client.post("/landmarks", data={"name": name}, files=files)
                 response.raise_for_status()
@@ -144,6 +156,8 @@ def main() -> None:
                                       "else trained there")
     parser.add_argument("--embeddings", help="an .npz of the photos' embeddings: read when it exists (it must come from "
                                              "this --run's model), else written, so that a run is embedded once")
+    parser.add_argument("--max-queries", type=int, default=0, help="ask at most this many other photos of each taught "
+                                                                     "landmark (0: all), the same for every --photos")
     parser.add_argument("--write", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -155,13 +169,15 @@ def main() -> None:
         run_dir = run_folder(args, catalog, held_out, Path(tmp))
         recognizer = Recognizer.load(run_dir, trained_only=True)
         trained_paths, trained_truth, trained_what = trained_queries(run_dir, data)
-        taught_paths = catalog.frame.loc[catalog.frame["landmark_id"].isin(held_out), "path"].tolist()
+        taught_paths = [p for landmark_id in held_out
+                        for p in photo_order(catalog, landmark_id, max(args.photos), args.max_queries)]
         paths = [*trained_paths, *taught_paths]
         embedded = embed_once(recognizer, paths, Path(args.embeddings) if args.embeddings else None)
         keep = [p in embedded for p in trained_paths]
         trained = (np.stack([embedded[p][0] for p, k in zip(trained_paths, keep) if k]),
                    np.stack([embedded[p][1] for p, k in zip(trained_paths, keep) if k]), trained_truth[keep])
-        rows = [teach(run_dir, catalog, held_out, photos, embedded, trained) for photos in args.photos]
+        rows = [teach(run_dir, catalog, held_out, photos, embedded, trained, args.max_queries, max(args.photos))
+                for photos in args.photos]
     scoring = RunFolder(run_dir).read_scoring()
     body = report(args, rows, trained_what, scoring, run_dir)
     print(body)
@@ -190,11 +206,13 @@ def report(args: argparse.Namespace, rows: list[dict], trained_what: str, scorin
     fitted = "not calibrated" if calibration is None else (
         f"calibration `{calibration.method}` fitted on {', '.join(f'{v} {k}' for k, v in calibration.fitted_on.items() if isinstance(v, int))}, "
         f"threshold {scoring.recognize.min_confidence:.3f}")
+    queries = (f"each landmark asked about the same {args.max_queries} of its other photos" if args.max_queries
+               else "all its other photos asked")
     command = ("LANDMARKS_DATA=../shared/data/landmarks-mini .venv/bin/python benchmarks/bench_enrol.py --write "
-               f"--preset {args.preset} --photos {' '.join(map(str, args.photos))} --run RUN_DIR")
+               f"--preset {args.preset} --photos {' '.join(map(str, args.photos))} --max-queries {args.max_queries} --run RUN_DIR")
     return (
         f"`{args.preset}` run trained without landmarks-mini's {args.landmarks} largest landmarks ({fitted}); for each "
-        f"number of teaching photos a fresh copy is served and each of the {args.landmarks} landmarks enrolled through "
+        f"number of teaching photos ({queries}) a fresh copy is served and each of the {args.landmarks} landmarks enrolled through "
         f"`POST /landmarks` from that many of its photos (no retraining; class centres imprinted from them where the "
         f"head is a cosine classifier); its other photos are then asked. Trained landmarks: {trained_what} "
         f"({rows[0]['trained_before']['photos']} photos), asked before and after the teaching. "
