@@ -64,7 +64,8 @@ def trained_queries(run_dir: Path, data: Path) -> tuple[list[str], np.ndarray, s
     split = RunFolder(run_dir).read_split()
     test = split[(split["split"] == "test") & split["valid"].astype(bool)]
     if len(test):
-        return test["path"].tolist(), test["landmark_id"].to_numpy(np.int64), "the run's held-out test split"
+        return (test["path"].tolist(), test["landmark_id"].to_numpy(np.int64),
+                "the run's held-out test split, searched without themselves (as the run measured them)")
     catalog = read_catalog(data, split="test")
     labels = set(RunFolder(run_dir).read_labels()["landmark_id"].astype(int))
     frame = catalog.frame[catalog.frame["landmark_id"].isin(labels)]
@@ -104,6 +105,14 @@ def photo_order(catalog, landmark_id: int, most_photos: int, max_queries: int) -
     return taught[: most_photos + max_queries] if max_queries else taught
 
 
+def held_out_references(run_dir: Path) -> list[tuple[str, int]]:
+    """(image id, landmark id) of the run's held-out test photos: finishing a run adds them to its references, so
+    they are taken out of the search before they are asked about."""
+    split = RunFolder(run_dir).read_split()
+    test = split[split["split"] == "test"]
+    return [(str(i), int(l)) for i, l in zip(test["id"], test["landmark_id"])]
+
+
 def teach(run_dir: Path, catalog, held_out: list[int], photos: int, embedded: dict, trained: tuple,
           max_queries: int = 0, most_photos: int = 0) -> dict:
     """One number of teaching photos on a fresh copy of the run: the figures before and after."""
@@ -112,6 +121,7 @@ def teach(run_dir: Path, catalog, held_out: list[int], photos: int, embedded: di
         shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns(STORE_FILE + "*", "evaluation", "plots"))
         with TestClient(create_app(copy, settings=Settings(**OPEN_UNLIMITED))) as client:
             service = client.app.state.service
+            service.recognizer.remove_references(held_out_references(run_dir))  # in memory only, not in the store
             trained_before = shares(service.recognizer.score(*trained[:2]), trained[2])
             asked, truth, checks = [], [], []
             for landmark_id in held_out:
@@ -136,10 +146,14 @@ def teach(run_dir: Path, catalog, held_out: list[int], photos: int, embedded: di
                 assert answer["candidates"][0]["landmark_id"] == mine.landmark_id, (path, answer, mine)
                 assert abs(answer["confidence"] - mine.confidence) < 1e-4, (path, answer, mine)
             taught_after = shares(predictions, np.asarray(truth))
+            wrong_known = [p for p, t in zip(predictions, truth) if p.known and p.landmark_id != t]
+            taught_after["known_wrong_taught"] = (sum(service.recognizer.is_taught(p.landmark_id) for p in wrong_known)
+                                                  / max(1, len(predictions)))
             trained_after = shares(service.recognizer.score(*trained[:2]), trained[2])
             centres = {i: c.copy() for i, c in service.recognizer.centres.items()}
         with TestClient(create_app(copy, settings=Settings(**OPEN_UNLIMITED))) as client:  # a restart
             recognizer = client.app.state.service.recognizer
+            recognizer.remove_references(held_out_references(run_dir))
             kept = (recognizer.centres.keys() == centres.keys()
                     and all(np.array_equal(recognizer.centres[i], c) for i, c in centres.items()))
             same = [p.landmark_id for p in recognizer.score(embeddings, logits)] == [p.landmark_id for p in predictions]
@@ -192,14 +206,14 @@ def report(args: argparse.Namespace, rows: list[dict], trained_what: str, scorin
     restarts = ", ".join(f"{r['photos']} photos: {r['centres']} taught landmarks with centres, "
                          f"{'the same centres and answers' if r['restart'] else 'NOT the same'} after a restart"
                          for r in rows)
-    lines = ["| teaching photos | taught: photos asked | top-1 right | right and known | known but wrong | "
+    lines = ["| teaching photos | taught: photos asked | top-1 right | right and known | known but wrong (naming a taught landmark) | "
              "right top-1 given as known | precision of known | median confidence (right top-1) | trained: "
              "right top-1 given as known | trained: precision before -> after | trained: coverage before -> after |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t, before, after = r["taught"], r["trained_before"], r["trained_after"]
         lines.append(f"| {r['photos']} | {t['photos']} | {pct(t['top1'])} | {pct(t['right_known'])} | "
-                     f"{pct(t['known_wrong'])} | {pct(t['given'])} | {pct(t['precision'])} | {t['median_right']:.2f} | "
+                     f"{pct(t['known_wrong'])} ({pct(t['known_wrong_taught'])}) | {pct(t['given'])} | {pct(t['precision'])} | {t['median_right']:.2f} | "
                      f"{pct(after['given'])} | {pct(before['precision'])} -> {pct(after['precision'])} | "
                      f"{pct(before['right_known'])} -> {pct(after['right_known'])} |")
     calibration = scoring.calibration
