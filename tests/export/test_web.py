@@ -198,7 +198,7 @@ def test_bundle_prefers_the_int8_model_and_the_calibrated_threshold(exported_run
     assert manifest["model"]["variant"] == "int8" and manifest["model"]["source"] == "model.int8.onnx"
     assert manifest["scoring"]["threshold"] == 0.62 and manifest["scoring"]["threshold_source"] == "scoring.json (calibrated)"
     assert manifest["scoring"]["calibration"] == {"method": "platt", "features": list(FEATURES),
-                                                  "parameters": {"slope": 5.0, "intercept": -2.0}}
+                                                  "parameters": {"slope": 5.0, "intercept": -2.0}, "taught": None}
 
 
 def test_bundle_needs_an_exported_model(tiny_run_dir: Path):
