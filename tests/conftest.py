@@ -43,3 +43,19 @@ def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     overrides = ["data.image_size_px=32", "train.epochs=2", "train.batch_size=16", "train.workers=0",
                  "train.early_stopping_patience=0", "train.lr=0.003", f"data.cache_dir={root / 'cache'}"]
     return train(load_config("seed-cnn", overrides), data, root / "run")
+
+
+@pytest.fixture(scope="session")
+def tiny_arcface_run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained glr run folder (test backbone at 32 px, sub-center ArcFace, 16-d neck + 4-d descriptor, 2 epochs,
+    calibrated) over a tiny dataset, shared by a test session."""
+    from landmarks.config import load_config
+    from landmarks.train.run import train
+
+    root = tmp_path_factory.mktemp("tiny-arcface-run")
+    data = build_tiny_gldv2(root / "gld")
+    overrides = ["model.backbone=test_efficientnet", "model.pretrained=none", "model.embedding_dim=16",
+                 "model.descriptor_dims=4", "data.image_size_px=32", "train.epochs=2", "train.batch_size=8",
+                 "train.workers=0", "train.max_minutes=none", "data.val_fraction=0.25", "recognize.tta_flip=false",
+                 f"data.cache_dir={root / 'cache'}"]
+    return train(load_config("glr", overrides), data, root / "run")

@@ -41,7 +41,7 @@ SuggestionState = Literal["pending", "approved", "rejected"]
 ROLES: tuple[str, ...] = get_args(Role)
 SUGGESTION_STATES: tuple[str, ...] = get_args(SuggestionState)
 TOKEN_PREFIX = "lmk_"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: taught_centres
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -74,6 +74,10 @@ CREATE TABLE IF NOT EXISTS enrolled_landmarks (
 );
 CREATE TABLE IF NOT EXISTS deleted_landmarks (
     landmark_id INTEGER PRIMARY KEY, name TEXT NOT NULL, deleted REAL NOT NULL, deleted_by TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS taught_centres (
+    landmark_id INTEGER PRIMARY KEY, centres BLOB NOT NULL, dims INTEGER NOT NULL, photos INTEGER NOT NULL,
+    fingerprint TEXT NOT NULL, updated REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS feedback (
     feedback_id INTEGER PRIMARY KEY AUTOINCREMENT, created REAL NOT NULL, image_id TEXT NOT NULL,
@@ -160,6 +164,17 @@ class AddedReference:
 
 
 @dataclass
+class TaughtCentres:
+    """A taught landmark's imprinted class centres (``landmarks.recognize.centres``): (k, dims) unit rows, imprinted
+    from ``photos`` reference photos whose ids hash to ``fingerprint``."""
+
+    landmark_id: int
+    centres: np.ndarray
+    photos: int
+    fingerprint: str
+
+
+@dataclass
 class ReferenceChanges:
     """What the store changes in a run folder's references, in the order to apply: remove, then add."""
 
@@ -167,6 +182,7 @@ class ReferenceChanges:
     deleted: dict[int, str] = field(default_factory=dict)  # enrolled landmarks deleted since
     removed: set[tuple[str, int]] = field(default_factory=set)  # trained references removed (or moved away)
     added: list[tuple[str, int, np.ndarray]] = field(default_factory=list)  # approved references, oldest first
+    centres: dict[int, TaughtCentres] = field(default_factory=dict)  # taught landmarks' imprinted class centres
 
     def __bool__(self) -> bool:
         return bool(self.enrolled or self.deleted or self.removed or self.added)
@@ -277,9 +293,20 @@ class Transaction:
             self.db.execute("INSERT OR REPLACE INTO removed_references VALUES (?, ?, ?, ?)",
                             (image_id, landmark_id, self.now, removed_by))
 
+    def set_centres(self, centres: TaughtCentres) -> None:
+        """A taught landmark's class centres, replacing what it had."""
+        rows = np.asarray(centres.centres, dtype=np.float32)
+        self.db.execute("INSERT OR REPLACE INTO taught_centres VALUES (?, ?, ?, ?, ?, ?)",
+                        (int(centres.landmark_id), _blob(rows), int(rows.shape[1]), int(centres.photos),
+                         centres.fingerprint, self.now))
+
+    def drop_centres(self, landmark_id: int) -> None:
+        self.db.execute("DELETE FROM taught_centres WHERE landmark_id = ?", (int(landmark_id),))
+
     def delete_landmark(self, landmark_id: int, name: str, deleted_by: str) -> None:
-        """An enrolled landmark and every reference added to it."""
+        """An enrolled landmark, every reference added to it and its class centres."""
         self.db.execute("DELETE FROM enrolled_landmarks WHERE landmark_id = ?", (landmark_id,))
+        self.db.execute("DELETE FROM taught_centres WHERE landmark_id = ?", (landmark_id,))
         self.db.execute("DELETE FROM added_references WHERE landmark_id = ?", (landmark_id,))
         self.db.execute("INSERT OR REPLACE INTO deleted_landmarks VALUES (?, ?, ?, ?)", (landmark_id, name, self.now, deleted_by))
 
@@ -443,7 +470,14 @@ class Store:
         deleted = {int(i): str(n) for i, n in self._read("SELECT landmark_id, name FROM deleted_landmarks")}
         removed = {(str(i), int(l)) for i, l in self._read("SELECT image_id, landmark_id FROM removed_references")}
         added = [(r.image_id, r.landmark_id, r.embedding) for r in self.added_references()]
-        return ReferenceChanges(enrolled, deleted, removed, added)
+        return ReferenceChanges(enrolled, deleted, removed, added, self.taught_centres())
+
+    def taught_centres(self) -> dict[int, TaughtCentres]:
+        """The taught landmarks' stored class centres (none in a store of schema 1 that was only read since)."""
+        if not self._read("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'taught_centres'"):
+            return {}
+        rows = self._read("SELECT landmark_id, centres, dims, photos, fingerprint FROM taught_centres")
+        return {int(i): TaughtCentres(int(i), _vector(c).reshape(-1, int(d)), int(n), str(f)) for i, c, d, n, f in rows}
 
     def max_landmark_id(self) -> int:
         """The largest landmark id ever enrolled (deleted ones included, so that an id is never given twice), or -1."""

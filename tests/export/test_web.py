@@ -98,9 +98,10 @@ def test_prototypes_recognise_nearly_as_well_as_every_reference():
 
 
 @pytest.mark.skipif(NODE is None, reason="node is not installed")
-@pytest.mark.parametrize("calibration", [None, "platt", "isotonic", "gate"])
+@pytest.mark.parametrize("calibration", [None, "platt", "isotonic", "gate", "platt, taught"])
 def test_page_scoring_agrees_with_the_recognizer(tmp_path: Path, calibration: str | None):
-    """scoring.js over the prototypes gives the answer and confidence Recognizer.score gives over the same index."""
+    """scoring.js over the prototypes gives the answer and confidence Recognizer.score gives over the same index
+    (taught: a cosine head, and landmarks 100 and 105, which it has no column for, scored by imprinted centres)."""
     vectors, labels, directions = toy_references(landmarks=6, dim=32)
     labels[:10] = -1  # a few known non-landmark references: their penalty is part of the rule
     rng = np.random.default_rng(2)
@@ -109,12 +110,21 @@ def test_page_scoring_agrees_with_the_recognizer(tmp_path: Path, calibration: st
     recognizer = toy_recognizer(vectors, labels, knn_weight=0.7, top_k=3)
     recognizer.class_landmark_ids = np.array([101, 102, 103, 104])
     recognizer.class_of = {101: 0, 102: 1, 103: 2, 104: 3}
+    if calibration and "taught" in calibration:
+        calibration = "platt"
+        recognizer.logit_scale = 5.0
+        recognizer.set_head_shape({"embedding_dim": 32, "config": {"embedding_dim": 24, "descriptor_dims": 8,
+                                                                   "arcface_subcenters": 2}})
+        assert recognizer.imprint(100) is not None and recognizer.imprint(105) is not None
+        assert scoring_rule(recognizer)["taught_centres"]["landmark_ids"] == [100, 100, 105, 105]
     parameters = {"platt": {"slope": 6.0, "intercept": -3.0},
                   "isotonic": {"x": [0.0, 0.3, 0.6, 1.0], "y": [0.0, 0.2, 0.7, 1.0]},
                   "gate": {"mean": [0.5, 0.1, 0.5, 0.1, 0.6][: len(FEATURES)], "scale": [0.2, 0.1, 0.3, 0.1, 0.2][: len(FEATURES)],
                            "weights": [2.0, 1.0, 0.5, -1.0, 1.5][: len(FEATURES)], "bias": 0.1}}
     if calibration:
         recognizer.calibration = Calibration(calibration, parameters[calibration], threshold=0.4)
+    if recognizer.centres:  # and taught answers get a map of their own
+        recognizer.calibration.taught = {"method": "platt", "parameters": {"slope": 9.0, "intercept": -2.0}}
     device = with_prototypes(recognizer, *recognizer_prototypes(recognizer, per_landmark=2))
     device.config.min_confidence = float(np.median([p.confidence for p in device.score(queries, logits)]))
     expected = device.score(queries, logits)
@@ -202,7 +212,7 @@ def test_bundle_prefers_the_int8_model_and_the_calibrated_threshold(exported_run
     assert manifest["model"]["variant"] == "int8" and manifest["model"]["source"] == "model.int8.onnx"
     assert manifest["scoring"]["threshold"] == 0.62 and manifest["scoring"]["threshold_source"] == "scoring.json (calibrated)"
     assert manifest["scoring"]["calibration"] == {"method": "platt", "features": list(FEATURES),
-                                                  "parameters": {"slope": 5.0, "intercept": -2.0}}
+                                                  "parameters": {"slope": 5.0, "intercept": -2.0}, "taught": None}
 
 
 def test_bundle_needs_an_exported_model(tiny_run_dir: Path):

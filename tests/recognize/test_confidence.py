@@ -64,3 +64,38 @@ def test_recognizer_applies_the_calibration():
     [doubtful] = recognizer.score(np.array([[0.7, 0.71, 0.0]], dtype=np.float32) / 1.0, np.zeros((1, 3), np.float32))
     assert doubtful.confidence == pytest.approx(1 / (1 + np.exp(-(10 * 0.71 - 7))), abs=1e-4)  # 0.525
     assert not doubtful.known
+
+
+def test_teaching_outlook_reads_the_measured_coverage_and_the_minimum_photos():
+    from landmarks.recognize.confidence import MIN_TEACHING_PHOTOS, teaching_outlook
+
+    measured = {"coverage": 0.7, "taught": {"trained_coverage": 0.6, "min_photos": 10,
+                                            "by_photos": {"3": {"coverage": 0.2}, "5": {"coverage": 0.4},
+                                                          "10": {"coverage": 0.65}}}}
+    calibration = Calibration("platt", {"slope": 1.0, "intercept": 0.0}, 0.5, measured=measured)
+    four = teaching_outlook(calibration, 4, taught=True)
+    assert four.expected_coverage == pytest.approx(0.3) and four.more_photos_help
+    assert "at least 10" in four.sentence() and "about 30%" in four.sentence()
+    assert teaching_outlook(calibration, 12, taught=True).sentence() is None
+    assert teaching_outlook(calibration, 12, taught=True).expected_coverage == pytest.approx(0.65)
+    trained = teaching_outlook(calibration, 3, taught=False)
+    assert trained.expected_coverage == pytest.approx(0.6) and trained.sentence() is None
+    plain = teaching_outlook(None, 2, taught=True)  # not calibrated on taught landmarks: the measured default
+    assert plain.expected_coverage is None and plain.min_photos == MIN_TEACHING_PHOTOS and plain.more_photos_help
+
+
+def test_a_taught_map_rescores_taught_landmarks_and_the_answers_are_ordered_again():
+    from landmarks.recognize.prediction import Candidate, Prediction
+
+    calibration = Calibration("platt", {"slope": 10.0, "intercept": -5.0}, 0.5,
+                              taught={"method": "platt", "parameters": {"slope": 10.0, "intercept": -3.0}})
+    trained_then_taught = Prediction(7, "trained", 0.5, [Candidate(7, "trained", 0.5), Candidate(99, "taught", 0.4)])
+    calibration.apply([trained_then_taught], 0.6, is_taught=lambda i: i == 99)
+    # trained: sigmoid(10 * 0.5 - 5) = 0.5; taught: sigmoid(10 * 0.4 - 3) = 0.731: the taught landmark is the answer
+    assert trained_then_taught.landmark_id == 99 and trained_then_taught.name == "taught"
+    assert trained_then_taught.confidence == pytest.approx(1 / (1 + np.exp(-1.0)), abs=1e-6)
+    assert trained_then_taught.known
+    assert [c.landmark_id for c in trained_then_taught.candidates] == [99, 7]
+    features = scores_only([0.4, 0.4])
+    np.testing.assert_allclose(calibration(features, [False, True]), [1 / (1 + np.exp(1.0)), 1 / (1 + np.exp(-1.0))])
+    assert Calibration.from_dict(calibration.to_dict()).taught == calibration.taught

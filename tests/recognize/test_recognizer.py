@@ -64,3 +64,55 @@ def test_predict_paths_skips_unreadable_files(tiny_run_dir: Path, tiny_gldv2: Pa
     for prediction, alone in zip([predictions[0], predictions[2]], expected):
         assert prediction.landmark_id == alone.landmark_id
         assert prediction.confidence == pytest.approx(alone.confidence, abs=1e-5)
+
+
+# -- taught landmarks: imprinted class centres ----------------------------------------------------------
+def make_cosine(knn_weight: float = 0.5) -> Recognizer:
+    """A cosine head (logit scale 10) over a 2-d neck followed by a 1-d descriptor, landmarks 10 and 20 trained."""
+    recognizer = make(knn_weight)
+    recognizer.logit_scale = 10.0
+    recognizer.set_head_shape({"embedding_dim": 3, "config": {"embedding_dim": 2, "descriptor_dims": 1,
+                                                              "arcface_subcenters": 3}})
+    return recognizer
+
+
+def test_a_taught_landmark_is_scored_by_its_imprinted_centre():
+    recognizer = make_cosine(knn_weight=0.5)
+    assert recognizer.neck_dims == 2 and recognizer.subcenters == 3
+    photos = np.stack([unit(0.3, 0.3, -0.9), unit(0.4, 0.2, -0.9)])
+    recognizer.add_references(photos, ["new1", "new2"], 21, "fountain")
+    imprinted = recognizer.imprint(21)
+    assert imprinted.photos == 2 and imprinted.centres.shape == (1, 2)
+    centre = unit(1, 1) + unit(2, 1)
+    centre /= np.linalg.norm(centre)
+    np.testing.assert_allclose(recognizer.centres[21][0], centre, atol=1e-6)
+    query = unit(0.35, 0.1, -0.9)
+    [prediction] = recognizer.score(query[None], np.zeros((1, 2), np.float32))
+    knn = float((photos @ query).max())
+    cosine = float(unit(0.35, 0.1) @ centre)
+    assert prediction.landmark_id == 21
+    assert prediction.confidence == pytest.approx(0.5 * knn + 0.5 * cosine, abs=1e-5)
+    assert recognizer.imprint(10) is None and 10 not in recognizer.centres  # trained: its centre is the head's
+
+
+def test_centres_follow_the_photos_and_are_restored_only_when_they_still_match():
+    recognizer = make_cosine()
+    recognizer.add_references(np.stack([unit(0, 1, 0.1), unit(0.1, 1, 0)]), ["n1", "n2"], 30, "gate")
+    stored = recognizer.imprint(30)
+    other = make_cosine()
+    other.add_references(np.stack([unit(0, 1, 0.1), unit(0.1, 1, 0)]), ["n1", "n2"], 30, "gate")
+    stored.centres = np.stack([unit(1, 0)])  # as stored: kept, since the photos are the same
+    assert other.restore_centres({30: stored}) == []
+    np.testing.assert_allclose(other.centres[30], [unit(1, 0)])
+    other.remove_references([("n2", 30)])  # the photos changed since: imprinted again from n1 alone
+    [fresh] = other.restore_centres({30: stored})
+    np.testing.assert_allclose(other.centres[30][0], unit(0, 1), atol=1e-6)
+    assert fresh.photos == 1
+    other.remove_references([("n1", 30)])
+    assert other.imprint(30) is None and 30 not in other.centres
+
+
+def test_a_softmax_head_imprints_nothing_and_the_knn_score_stands_in():
+    recognizer = make()
+    recognizer.add_references(np.stack([unit(0.3, 0.3, -0.9)]), ["new1"], 21, "fountain")
+    assert not recognizer.imprints and recognizer.imprint(21) is None

@@ -223,3 +223,58 @@ def test_a_calibration_model_trains_with_the_runs_optimiser_and_schedule(monkeyp
     assert len(made) == 1 and type(made[0]) is expected and len(passes) == 3
     lr = made[0].param_groups[0]["lr"]
     assert lr == pytest.approx(config.train.lr) if scheduler == "none" else lr < config.train.lr
+
+
+def test_a_calibration_model_is_taught_half_its_hidden_landmarks_and_asked_about_their_other_photos():
+    from landmarks.config import load_config
+    from landmarks.train.open_set import TAUGHT, TAUGHT_PHOTOS, _calibration_model_samples, taught_figures
+
+    rng = np.random.default_rng(0)
+    landmarks, dim = 8, 24
+    directions = rng.normal(size=(landmarks, dim))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+
+    def photos(count: int) -> tuple[np.ndarray, np.ndarray]:
+        labels = np.repeat(np.arange(landmarks) + 100, count)
+        features = np.abs(directions[labels - 100] + 0.15 * rng.normal(size=(len(labels), dim)))
+        return features[:, None, :].astype(np.float32), labels
+
+    train, val = photos(14), photos(3)
+    config = load_config("glr", ["model.embedding_dim=16", "model.descriptor_dims=0", "train.epochs=4",
+                                 "train.batch_size=16", "train.max_minutes=none", "recognize.tta_flip=false"])
+    names = {100 + i: f"place {i}" for i in range(landmarks)}
+    recognizer = Recognizer(FixedEmbedder(), np.arange(landmarks) + 100, names, None, config.recognize.model_copy(),
+                            logit_scale=config.model.arcface_scale)
+    samples = _calibration_model_samples(recognizer, config, train, val, None, None, hidden_fraction=0.5, seed=3)
+    taught = samples.source == TAUGHT
+    # 4 landmarks hidden, 2 of them taught: their 17 photos each, less the teaching ones, are asked
+    assert 2 * 17 - 2 * max(TAUGHT_PHOTOS) <= taught.sum() <= 2 * 17 - 2 * min(TAUGHT_PHOTOS)
+    assert set(samples.taught_photos[taught]) <= set(TAUGHT_PHOTOS) and set(samples.taught_photos[~taught]) == {0}
+    assert samples.is_landmark[taught].all() and samples.correct[taught].mean() > 0.8  # well apart: mostly right
+    assert (samples.source == HELD_OUT).sum() == 4 * 3 and (samples.source == HIDDEN).sum() == 4 * 3
+    assert not samples.correct[samples.source == HIDDEN].any()
+    assert samples.answer_taught[taught & samples.correct].all()  # a right answer about a taught photo names it
+    assert not samples.answer_taught[(samples.source == HELD_OUT) & samples.correct].any()
+    figures = taught_figures(samples, samples.features[:, 0], threshold=0.0)  # everything known
+    assert set(figures["by_photos"]) == set(samples.taught_photos[taught].tolist())
+    assert figures["all"]["coverage"] == pytest.approx(samples.correct[taught].mean())
+    assert figures["trained_coverage"] == pytest.approx(samples.correct[samples.source == HELD_OUT].mean())
+
+
+def test_teaching_is_replayed_on_a_run_whose_weights_never_saw_its_photos():
+    from landmarks.train.open_set import TAUGHT, taught_leave_out_samples
+
+    rng = np.random.default_rng(1)
+    tower = np.stack([unit(1, 0, 0) + 0.05 * rng.normal(size=3) for _ in range(4)])
+    bridge = np.stack([unit(0, 1, 0) + 0.05 * rng.normal(size=3) for _ in range(4)])
+    vectors = (np.concatenate([tower, bridge]) / np.linalg.norm(np.concatenate([tower, bridge]), axis=1,
+                                                                keepdims=True)).astype(np.float32)
+    labels = np.array([10] * 4 + [20] * 4)
+    config = RecognizeConfig(knn_k=3, knn_weight=1.0, top_k=2, show_neighbours=3)
+    probe = probe_recognizer(Recognizer(FixedEmbedder(), np.array([10, 20]), {10: "tower", 20: "bridge"}, None, config),
+                             vectors, [f"r{i}" for i in range(8)], labels)
+    samples = taught_leave_out_samples(probe, (vectors, np.zeros((8, 2), np.float32), labels), seed=0)
+    # tower taught from 3 of its 4 photos, bridge from min(5, 4 - 1) = 3: one photo of each asked, named right
+    assert samples.source.tolist() == [TAUGHT, TAUGHT] and samples.taught_photos.tolist() == [3, 3]
+    assert samples.correct.all() and samples.answer_taught.all() and samples.is_landmark.all()
+    assert samples.features[:, 0] == pytest.approx([1.0, 1.0], abs=0.02)  # its nearest kept photo is close

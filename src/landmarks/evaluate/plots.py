@@ -222,11 +222,13 @@ def plot_reliability(
     raw_scores: Sequence[float] | None = None,
     bins: int = 10,
     what: str = "calibration photos",
+    groups: dict[str, Sequence[bool]] | None = None,
 ) -> Path:
     """Calibration curve: the share of answers that were right against the confidence given, per confidence bin.
 
     On the diagonal a confidence of 0.9 is right 9 times in 10. Dot sizes and the bars below show how many
-    answers each bin holds; ``raw_scores`` (the uncalibrated fused scores of the same answers) are drawn in grey.
+    answers each bin holds; ``raw_scores`` (the uncalibrated fused scores of the same answers) are drawn in grey;
+    ``groups`` (name -> which answers) get a dashed curve each, e.g. the photos of trained and of taught landmarks.
     """
     confidences = np.clip(np.asarray(confidences, dtype=np.float64), 0.0, 1.0)
     correct = np.asarray(correct, dtype=np.float64)
@@ -253,6 +255,19 @@ def plot_reliability(
                    markersize=4, label=f"fused score before calibration (error {raw_error:.2f})")
     curve.plot(mean_confidence[filled], observed[filled], color=TRAIN_COLOUR, linewidth=1.8,
                label=f"calibrated confidence (error {error:.2f})")
+    for (name, members), colour in zip((groups or {}).items(), (VAL_COLOUR, "#bf8700", "#8250df")):
+        members = np.asarray(members, dtype=bool)
+        if not members.any():
+            continue
+        which = np.clip(np.digitize(confidences[members], edges[1:-1]), 0, bins - 1)
+        group_count = np.bincount(which, minlength=bins)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            group_mean = np.bincount(which, confidences[members], bins) / group_count
+            group_observed = np.bincount(which, correct[members], bins) / group_count
+        shown = group_count > 0
+        group_error = float((np.abs(group_mean - group_observed)[shown] * group_count[shown]).sum() / group_count.sum())
+        curve.plot(group_mean[shown], group_observed[shown], marker="s", linestyle=":", color=colour, linewidth=1.4,
+                   markersize=4, label=f"{name}: {int(members.sum())} answers (error {group_error:.2f})")
     curve.scatter(mean_confidence[filled], observed[filled], s=20 + 280 * count[filled] / max(1, count.max()),
                   color=TRAIN_COLOUR, zorder=3, edgecolor="white")
     for x, y, n in zip(mean_confidence[filled], observed[filled], count[filled]):

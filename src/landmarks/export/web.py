@@ -14,7 +14,8 @@ What the folder holds (``manifest.json`` lists it):
   approved in the service are included: the prototypes are taken from the Recognizer, which reads the store.
   Known non-landmark references (-1) are compacted the same way, with ``NON_LANDMARK_PROTOTYPES`` clusters;
 - ``landmarks.json``: id, name and, when the run knows them, latitude, longitude, url, description;
-- the scoring rule of ``Recognizer.score`` (kNN weight, k, classifier score, non-landmark penalty), the calibration
+- the scoring rule of ``Recognizer.score`` (kNN weight, k, classifier score, non-landmark penalty, the taught
+  landmarks' imprinted class centres), the calibration
   map when the run is calibrated (``scoring.json``), and the threshold of "no known landmark";
 - the page (``index.html``, ``live.js``, ``worker.js``, ``scoring.js``, ``sw.js``, ``live.css``) and the ONNX
   Runtime Web files under ``ort/`` (npm's ``onnxruntime-web``, installed by ``make web``; never a CDN).
@@ -31,11 +32,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from landmarks.data.catalog import NO_LANDMARK
 from landmarks.errors import ConfigError, DataError
+from landmarks.recognize.centres import spherical_kmeans
 from landmarks.recognize.confidence import FEATURES
 from landmarks.recognize.recognizer import Recognizer
 from landmarks.run_folder import RunFolder
@@ -45,7 +46,6 @@ log = logging.getLogger(__name__)
 
 PROTOTYPES_PER_LANDMARK = 8
 NON_LANDMARK_PROTOTYPES = 16
-KMEANS_ITERATIONS = 20
 MANIFEST_VERSION = 1
 PAGE_FILES = ("index.html", "live.js", "worker.js", "scoring.js", "sw.js", "live.css")
 # ONNX Runtime Web (the version pinned in package.json): the files listed in web/runtime-files.txt, which the Makefile
@@ -62,21 +62,6 @@ RUNTIME_MISSING = ("The live page needs ONNX Runtime Web: install Node.js and np
 
 
 # -- prototypes ---------------------------------------------------------------------------------------
-def spherical_kmeans(vectors: np.ndarray, clusters: int, iterations: int = KMEANS_ITERATIONS,
-                     seed: int = 0) -> np.ndarray:
-    """Cluster assignment of each L2-normalised row: FAISS's cosine k-means (``faiss.Kmeans(spherical=True)``)."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    count = len(vectors)
-    clusters = max(1, min(clusters, count))
-    if clusters == count:
-        return np.arange(count)
-    kmeans = faiss.Kmeans(vectors.shape[1], clusters, niter=iterations, seed=seed, spherical=True,
-                          min_points_per_centroid=1, verbose=False)
-    kmeans.train(vectors)
-    _, assignment = kmeans.index.search(vectors, 1)
-    return assignment[:, 0].astype(np.int64)
-
-
 def compact_references(embeddings: np.ndarray, landmark_ids: np.ndarray, per_landmark: int = PROTOTYPES_PER_LANDMARK,
                        non_landmark: int = NON_LANDMARK_PROTOTYPES, mode: str = "centroid",
                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -180,10 +165,25 @@ def scoring_rule(recognizer: Recognizer) -> dict[str, object]:
         "non_landmark_penalty": float(cfg.non_landmark_penalty), "classifier": classifier,
         "logit_scale": float(recognizer.logit_scale or 1.0),
         "class_landmark_ids": [int(i) for i in recognizer.class_landmark_ids],
+        "taught_centres": taught_centres(recognizer),
         "threshold": threshold, "threshold_source": source,
         "calibration": None if calibration is None else {"method": calibration.method, "features": list(FEATURES),
-                                                          "parameters": calibration.parameters},
+                                                          "parameters": calibration.parameters,
+                                                          "taught": calibration.taught},
     }
+
+
+def taught_centres(recognizer: Recognizer) -> dict[str, object] | None:
+    """The taught landmarks' imprinted class centres (``landmarks.recognize.centres``), for ``scoring.js`` to score
+    them as ``Recognizer.score`` does: the cosine of the first ``neck_dims`` values of the embedding to each centre
+    (``rows`` of ``neck_dims`` values, one row per centre, ``landmark_ids`` one per row); None when none."""
+    centres = {i: c for i, c in recognizer.centres.items() if i in recognizer.names and len(c)}
+    if not centres or recognizer.neck_dims is None:
+        return None
+    ids = sorted(centres)
+    return {"neck_dims": int(recognizer.neck_dims),
+            "landmark_ids": [int(i) for i in ids for _ in range(len(centres[i]))],
+            "rows": [[round(float(v), 6) for v in row] for i in ids for row in centres[i]]}
 
 
 @dataclass

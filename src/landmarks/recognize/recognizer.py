@@ -13,13 +13,14 @@ import numpy as np
 
 from landmarks.config import RecognizeConfig
 from landmarks.data.catalog import NO_LANDMARK, NO_LANDMARK_NAME, info_from_table
+from landmarks.recognize.centres import centre_scores, imprint_centres, reference_fingerprint
 from landmarks.recognize.confidence import Calibration, is_known
 from landmarks.recognize.embed import Embedder, embed_paths, load_embedder
 from landmarks.recognize.geo import Location, rescore
 from landmarks.recognize.index import EmbeddingIndex
 from landmarks.recognize.prediction import Candidate, Neighbour, Prediction
 from landmarks.run_folder import RunFolder
-from landmarks.store import ReferenceChanges, read_reference_changes
+from landmarks.store import ReferenceChanges, TaughtCentres, read_reference_changes
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,11 @@ class Recognizer:
         self.logit_scale = logit_scale  # ArcFace heads: logits are scale * cosine to the class centres
         self.calibration: Calibration | None = None  # fused score -> P(right), from the run's calibration.json
         self.info: dict[int, dict[str, float | str]] = {}  # latitude, longitude, url, description (labels.csv)
+        # taught landmarks' imprinted class centres (landmarks.recognize.centres), (k, neck_dims) each; only for
+        # cosine heads, whose classifier reads the first ``neck_dims`` values of the embedding
+        self.centres: dict[int, np.ndarray] = {}
+        self.neck_dims: int | None = None
+        self.subcenters = 1
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
@@ -76,13 +82,62 @@ class Recognizer:
                          logit_scale)
         recognizer.calibration = scoring.calibration
         recognizer.info = info_from_table(labels)
+        recognizer.set_head_shape(run.read_model_meta())
         if not trained_only:
             changes = read_reference_changes(run_dir)
             recognizer.apply_changes(changes)
+            recognizer.restore_centres(changes.centres)
             if changes:
-                log.info("references from the store: %d landmarks enrolled, %d deleted, %d photos removed, %d added",
-                         len(changes.enrolled), len(changes.deleted), len(changes.removed), len(changes.added))
+                log.info("references from the store: %d landmarks enrolled, %d deleted, %d photos removed, %d added, "
+                         "%d with class centres", len(changes.enrolled), len(changes.deleted), len(changes.removed),
+                         len(changes.added), len(recognizer.centres))
         return recognizer
+
+    def set_head_shape(self, meta: dict) -> None:
+        """What imprinting needs from model.json: the classifier's part of the embedding and its sub-centres (a head
+        that is not a cosine classifier, or a run without an index dimension, imprints nothing)."""
+        model = meta.get("config", {})
+        if not self.logit_scale or not meta.get("embedding_dim"):
+            self.neck_dims = None
+            return
+        self.neck_dims = int(model.get("embedding_dim") or meta["embedding_dim"]) if model.get("descriptor_dims") else int(
+            meta["embedding_dim"])
+        self.subcenters = int(model.get("arcface_subcenters") or 1)
+
+    @property
+    def imprints(self) -> bool:
+        """Whether taught landmarks get class centres (a cosine classifier head)."""
+        return self.neck_dims is not None
+
+    def is_taught(self, landmark_id: int) -> bool:
+        """A landmark the classifier was not trained on (enrolled after training)."""
+        return int(landmark_id) not in self.class_of and int(landmark_id) in self.names
+
+    def is_taught_answer(self, landmark_id: int) -> bool:
+        """Whether an answer names a landmark the classifier does not know (the calibration's ``taught`` map); a run
+        without a classifier has none."""
+        return bool(self.class_of) and int(landmark_id) not in self.class_of and int(landmark_id) >= 0
+
+    def reference_ids_of(self, landmark_id: int) -> list[str]:
+        if self.index is None:
+            return []
+        return [self.index.image_ids[p] for p in np.flatnonzero(self.index.landmark_ids == int(landmark_id))]
+
+    def imprint(self, landmark_id: int) -> TaughtCentres | None:
+        """(Re)imprint a taught landmark's centres from its reference photos now in the index (none left: it has
+        none); returns them as the store keeps them, or None when nothing is imprinted."""
+        landmark_id = int(landmark_id)
+        if not self.imprints or not self.is_taught(landmark_id) or self.index is None:
+            self.centres.pop(landmark_id, None)
+            return None
+        positions = np.flatnonzero(self.index.landmark_ids == landmark_id)
+        if not len(positions):
+            self.centres.pop(landmark_id, None)
+            return None
+        centres = imprint_centres(self.index.vectors(positions), self.neck_dims, self.subcenters)
+        self.centres[landmark_id] = centres
+        ids = [self.index.image_ids[p] for p in positions]
+        return TaughtCentres(landmark_id, centres, len(ids), reference_fingerprint(ids))
 
     @property
     def input_size_px(self) -> int:
@@ -131,6 +186,26 @@ class Recognizer:
         for landmark_id, rows in by_landmark.items():
             self.add_references(np.stack([e for _, e in rows]), [i for i, _ in rows], landmark_id)
 
+    def restore_centres(self, stored: dict[int, TaughtCentres]) -> list[TaughtCentres]:
+        """The stored centres of the taught landmarks, where they were imprinted from the photos they have now (same
+        references, same size); the others are imprinted again. Returns those imprinted again (to store)."""
+        fresh = []
+        if not self.imprints:
+            return fresh
+        for landmark_id in [i for i in self.names if self.is_taught(i)]:
+            kept = stored.get(landmark_id)
+            ids = self.reference_ids_of(landmark_id)
+            if (kept is not None and kept.fingerprint == reference_fingerprint(ids) and kept.centres.ndim == 2
+                    and kept.centres.shape[1] == self.neck_dims):
+                self.centres[landmark_id] = kept.centres
+                continue
+            imprinted = self.imprint(landmark_id)
+            if imprinted is not None:
+                fresh.append(imprinted)
+        if fresh:
+            log.info("imprinted the class centres of %d taught landmarks again (their photos changed since)", len(fresh))
+        return fresh
+
     def next_landmark_id(self) -> int:
         """An id no landmark uses yet (for enrolling a new one)."""
         known = [*self.names.keys(), *self.class_landmark_ids.tolist(), -1]
@@ -173,13 +248,21 @@ class Recognizer:
             return np.clip(logits / (self.logit_scale or 1.0), 0.0, 1.0)
         return softmax(logits)
 
+    def taught_scores(self, embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(taught landmark ids, (N, T) cosine of each query to their nearest imprinted centre, in [0, 1])."""
+        centres = {i: c for i, c in self.centres.items() if i in self.names and len(c)}
+        if not centres or self.neck_dims is None or embeddings.ndim != 2 or embeddings.shape[1] < self.neck_dims:
+            return np.zeros(0, np.int64), np.zeros((len(embeddings), 0), np.float32)
+        return centre_scores(embeddings, centres, self.neck_dims)
+
     def score(self, embeddings: np.ndarray, logits: np.ndarray,
               locations: Sequence[Location | None] | None = None) -> list[Prediction]:
         """Fuse kNN similarities and classifier probabilities into one prediction per photo.
 
         For each candidate landmark: knn = highest cosine similarity among the k nearest reference photos of
-        that landmark (0 if none), classifier = ``classifier_scores`` (for landmarks enrolled after training,
-        which the classifier does not know, the knn score stands in). fused = w * knn + (1 - w) * classifier.
+        that landmark (0 if none), classifier = ``classifier_scores`` (for landmarks taught after training, which
+        the classifier does not know, the cosine to their imprinted centres, ``landmarks.recognize.centres``; where
+        the head is not a cosine classifier, the knn score stands in). fused = w * knn + (1 - w) * classifier.
         Reference photos known to show no landmark (landmark id -1) pull the confidence down by how much
         closer they are than the best landmark's photo. A calibrated run (``calibration.json``) then turns the
         fused scores into the probability that the answer is right; ``known`` is confidence >= min_confidence.
@@ -190,6 +273,8 @@ class Recognizer:
         similarities, positions, neighbour_labels = self.search(embeddings, max(cfg.knn_k, cfg.show_neighbours))
         results: list[Prediction] = []
         top_classes = np.argsort(-probabilities, axis=1)[:, : cfg.top_k] if probabilities.size else None
+        taught_ids, taught_scores = self.taught_scores(embeddings)
+        taught_column_of = {int(l): c for c, l in enumerate(taught_ids)}
         for row in range(len(embeddings)):
             knn: dict[int, float] = {}
             non_landmark_similarity = -1.0
@@ -202,11 +287,15 @@ class Recognizer:
             candidate_ids = set(knn)
             if top_classes is not None:
                 candidate_ids.update(int(self.class_landmark_ids[c]) for c in top_classes[row])
+            if len(taught_ids):
+                candidate_ids.update(int(taught_ids[c]) for c in np.argsort(-taught_scores[row])[: cfg.top_k])
             scores = []
             for landmark_id in candidate_ids:
                 knn_score = max(0.0, knn.get(landmark_id, 0.0))
                 column = self.class_of.get(landmark_id)
-                classifier_score = float(probabilities[row, column]) if column is not None else knn_score
+                taught_column = taught_column_of.get(landmark_id)
+                classifier_score = (float(probabilities[row, column]) if column is not None else
+                                    float(taught_scores[row, taught_column]) if taught_column is not None else knn_score)
                 fused = weight * knn_score + (1 - weight) * classifier_score
                 if non_landmark_similarity > 0:
                     fused -= cfg.non_landmark_penalty * max(0.0, non_landmark_similarity - knn.get(landmark_id, 0.0))
@@ -225,7 +314,7 @@ class Recognizer:
                 )
             )
         if self.calibration is not None:
-            self.calibration.apply(results, cfg.min_confidence)
+            self.calibration.apply(results, cfg.min_confidence, self.is_taught_answer)
         if locations is not None:
             self.apply_geo(results, locations)
         return results

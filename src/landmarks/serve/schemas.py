@@ -64,9 +64,13 @@ class FeedbackOut(BaseModel):
 class LandmarkOut(BaseModel):
     landmark_id: int
     name: str
-    references: int
-    enrolled: bool
+    references: int = Field(description="reference photos: those it was trained or taught from, and approved since")
+    enrolled: bool = Field(description="taught in the service after training")
     info: LandmarkInfo = Field(default_factory=LandmarkInfo)
+    expected_coverage: float | None = Field(None, description="share of its photos the service is expected to name "
+                                            "right and above the threshold (measured by the calibration; None: not)")
+    class_centres: int = Field(0, description="taught landmarks: class centres imprinted from its photos")
+    note: str | None = Field(None, description="taught from fewer photos than helps: one sentence saying so")
 
 
 class EnrolOut(BaseModel):

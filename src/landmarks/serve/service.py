@@ -13,6 +13,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ import numpy as np
 from landmarks.data.catalog import NO_LANDMARK
 from landmarks.data.images import decode_image_bytes, without_metadata
 from landmarks.errors import ImageError
+from landmarks.recognize.centres import reference_fingerprint
 from landmarks.recognize.geo import Location, read_exif_location
 from landmarks.recognize.recognizer import Prediction, Recognizer
 from landmarks.serve.limits import RateLimiter, ReadWriteLock
@@ -61,6 +63,9 @@ class Service:
         self.suggest_limit = RateLimiter(self.settings.suggestions_per_hour, 3600.0, "suggestions")
         self.enrolled: dict[int, str] = store.reference_changes().enrolled
         self.added: set[tuple[str, int]] = {(r.image_id, r.landmark_id) for r in store.added_references()}
+        stored = store.taught_centres()  # the store catches up with centres Recognizer.load imprinted again
+        self._imprint([i for i in recognizer.centres if i not in stored or stored[i].fingerprint !=
+                       reference_fingerprint(recognizer.reference_ids_of(i))])
 
     # -- reading -------------------------------------------------------------------------------------
     def decode(self, data: bytes, name: str) -> np.ndarray:
@@ -193,6 +198,25 @@ class Service:
                 self.enrolled.pop(landmark_id, None)
             self.added.difference_update(changes.removed)
             self.added.update((image_id, landmark_id) for image_id, landmark_id, _ in changes.added)
+            for landmark_id in changes.deleted:
+                self.recognizer.centres.pop(landmark_id, None)
+        self._imprint([*changes.enrolled, *(l for _, l in changes.removed), *(l for _, l, _ in changes.added)])
+
+    def _imprint(self, landmark_ids: Iterable[int]) -> None:
+        """Imprint again the class centres of the taught landmarks among ``landmark_ids`` (their photos changed) and
+        store them. They follow the references' own transaction: a crash in between leaves centres whose
+        fingerprint no longer matches the photos, which ``Recognizer.load`` imprints again."""
+        taught = sorted({int(i) for i in landmark_ids if self.recognizer.is_taught(int(i))})
+        if not taught or not self.recognizer.imprints:
+            return
+        with self.index_lock.write():
+            imprinted = {i: self.recognizer.imprint(i) for i in taught}
+        with self.store.transaction() as tx:
+            for landmark_id, centres in imprinted.items():
+                if centres is None:
+                    tx.drop_centres(landmark_id)
+                else:
+                    tx.set_centres(centres)
 
     def feedback(self, upload_id: str, landmark_id: int, add_to_index: bool, actor: Actor) -> dict[str, Any]:
         """An admin's correction applies at once; a contributor's (or an allowed visitor's) becomes a suggestion."""

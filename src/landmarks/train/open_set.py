@@ -14,6 +14,12 @@ A run's confidence map (``landmarks.recognize.confidence``) is fitted on answers
   the candidates (its reference photos dropped from the kNN, its classifier column removed). Exact for weights
   that never saw the photos (``baseline-knn``), optimistic for trained ones (on the proxy, with the bank, glr's
   known answers were right 73 % of the time at a threshold chosen for 95 %; 92 % with the calibration models);
+- **taught landmarks** (``model`` only): half of each calibration model's hidden landmarks are taught to it as the
+  service teaches them, from ``TAUGHT_PHOTOS`` (3, 5 or 10) of their photos each (reference photos plus class centres
+  imprinted from them, ``landmarks.recognize.centres``); their other photos are asked: right or wrong answers, so that
+  a confidence means the same for a taught landmark as for a trained one. How often those answers are right and
+  known, per number of teaching photos, is kept in ``scoring.json`` (``Calibration.measured["taught"]``), with the
+  fewest photos at which a taught landmark is named as often as a trained one (``min_photos``);
 - **non-landmark photos** from a bank (``data.non_landmarks=DIR``), the part of it that is not in the index
   (``split_non_landmark_bank``): every answer is wrong.
 
@@ -54,6 +60,11 @@ from landmarks.train.pooled import PooledArcFace, capture_pooled, own_descriptor
 log = logging.getLogger(__name__)
 
 HELD_OUT, HIDDEN, NON_LANDMARK_PHOTO = "held-out photo", "hidden landmark", "non-landmark photo"
+TAUGHT = "taught landmark"
+
+TAUGHT_PHOTOS = (3, 5, 10)  # photos a calibration model's taught landmarks are taught from, as users teach them
+TAUGHT_SHARE = 0.5  # share of a calibration model's hidden landmarks it is taught (the others stay unknown)
+MIN_TAUGHT_ANSWERS = 50  # answers naming a taught landmark needed for a map of their own
 
 HIDDEN_FRACTION = 0.25  # landmarks a calibration model never sees, as bench_open_set.py hides them
 
@@ -119,21 +130,33 @@ class CalibrationSamples:
     correct: np.ndarray
     is_landmark: np.ndarray
     source: np.ndarray
+    taught_photos: np.ndarray | None = None  # per answer: the photos its landmark was taught from (``TAUGHT``), else 0
+    answer_taught: np.ndarray | None = None  # per answer: it names a taught landmark (the calibration's taught map)
+
+    def __post_init__(self) -> None:
+        if self.taught_photos is None:
+            self.taught_photos = np.zeros(len(self.correct), np.int64)
+        if self.answer_taught is None:
+            self.answer_taught = np.zeros(len(self.correct), bool)
 
     def __len__(self) -> int:
         return len(self.correct)
 
     def counts(self) -> dict[str, int]:
-        return {str(s): int((self.source == s).sum()) for s in (HELD_OUT, HIDDEN, NON_LANDMARK_PHOTO)}
+        counts = {str(s): int((self.source == s).sum()) for s in (HELD_OUT, HIDDEN, NON_LANDMARK_PHOTO)}
+        taught = int((self.source == TAUGHT).sum())
+        return {**counts, TAUGHT: taught} if taught else counts
 
     def only(self, sources: Sequence[str]) -> "CalibrationSamples":
         keep = np.isin(self.source, list(sources))
-        return CalibrationSamples(self.features[keep], self.correct[keep], self.is_landmark[keep], self.source[keep])
+        return CalibrationSamples(self.features[keep], self.correct[keep], self.is_landmark[keep], self.source[keep],
+                                  self.taught_photos[keep], self.answer_taught[keep])
 
     def to_frame(self) -> pd.DataFrame:
         frame = pd.DataFrame(self.features, columns=list(FEATURES))
         return frame.assign(correct=self.correct.astype(int), is_landmark=self.is_landmark.astype(int),
-                            source=self.source)
+                            source=self.source, taught_photos=self.taught_photos,
+                            answer_taught=self.answer_taught.astype(int))
 
 def probe_recognizer(recognizer: Recognizer, embeddings: np.ndarray, image_ids: Sequence[str],
                      landmark_ids: Sequence[int] | np.ndarray) -> LeaveOutRecognizer:
@@ -180,13 +203,58 @@ def gather_samples(
     return CalibrationSamples(np.concatenate(features), np.concatenate(correct), np.concatenate(is_landmark),
                               np.asarray(source, dtype=object))
 
+def concatenate_samples(parts: Sequence[CalibrationSamples]) -> CalibrationSamples:
+    return CalibrationSamples(*(np.concatenate([getattr(p, name) for p in parts]) for name in
+                                ("features", "correct", "is_landmark", "source", "taught_photos", "answer_taught")))
+
+
+def taught_leave_out_samples(probe: LeaveOutRecognizer, queries: tuple[np.ndarray, np.ndarray, np.ndarray],
+                             seed: int) -> CalibrationSamples:
+    """Teaching replayed on a run whose weights never saw its reference photos (query i is reference i): each
+    landmark in turn keeps only ``TAUGHT_PHOTOS`` (3, 5 or 10, in turn) of its reference photos and is asked about
+    the others, as if taught from those (``TAUGHT`` answers; those naming it are ``answer_taught``)."""
+    embeddings, logits, true = queries
+    true = np.asarray(true, dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    vectors, image_ids, labels = probe.index.vectors(), probe.index.image_ids, probe.index.landmark_ids
+    parts = []
+    for number, landmark_id in enumerate(np.unique(true[true >= 0])):
+        photos = rng.permutation(np.flatnonzero(true == landmark_id))
+        count = min(TAUGHT_PHOTOS[number % len(TAUGHT_PHOTOS)], len(photos) - 1)
+        if count < 1:
+            continue
+        asked = photos[count:]
+        keep = np.ones(len(vectors), bool)
+        keep[asked] = False
+        taught = LeaveOutRecognizer(probe.embedder, probe.class_landmark_ids, probe.names,
+                                    EmbeddingIndex.build(vectors[keep], [image_ids[i] for i in np.flatnonzero(keep)],
+                                                         labels[keep], "flat"),
+                                    copy.deepcopy(probe.config), logit_scale=probe.logit_scale)
+        answers = taught.ask(embeddings[asked], logits[asked])
+        named = np.array([a.landmark_id for a in answers]) == landmark_id
+        parts.append(CalibrationSamples(prediction_features(answers), named, np.ones(len(asked), bool),
+                                        np.full(len(asked), TAUGHT, dtype=object), np.full(len(asked), count),
+                                        named.copy()))
+    if not parts:
+        nothing = np.zeros(0, bool)
+        return CalibrationSamples(np.zeros((0, len(FEATURES))), nothing, nothing, np.array([], dtype=object))
+    return concatenate_samples(parts)
+
+
 def calibrate(samples: CalibrationSamples, method: str, target_precision: float | None,
               default_threshold: float = 0.3, certainty: float = 0.5) -> Calibration:
     """Fit ``method`` on the samples and choose the threshold for ``target_precision`` with ``certainty`` (None:
     ``default_threshold`` on the calibrated scale); what it was fitted on and what it measures there are recorded
-    in the result."""
-    calibration = fit_calibration(samples.features, samples.correct, method)
-    confidences = calibration(samples.features)
+    in the result. Answers that name a taught landmark (``answer_taught``), when there are ``MIN_TAUGHT_ANSWERS``
+    of them, right and wrong, get a map of their own (``Calibration.taught``), the others the main one; the one
+    threshold is chosen over all answers."""
+    taught = samples.answer_taught
+    trained = ~taught if taught.any() else np.ones(len(samples), bool)
+    calibration = fit_calibration(samples.features[trained], samples.correct[trained], method)
+    if taught.sum() >= MIN_TAUGHT_ANSWERS and len(np.unique(samples.correct[taught])) == 2:
+        own = fit_calibration(samples.features[taught], samples.correct[taught], method)
+        calibration.taught = {"method": own.method, "parameters": own.parameters}
+    confidences = calibration(samples.features, taught)
     if target_precision is None or calibration.method == "none" and method != "none":
         threshold, reached = default_threshold, None
     else:
@@ -210,14 +278,41 @@ def write_calibration_answers(run: RunFolder, calibration: Calibration, samples:
     """evaluation/calibration/samples.csv (the answers with their confidence) and the two calibration plots."""
     out = run.evaluation("calibration")
     out.mkdir(parents=True, exist_ok=True)
-    confidences = calibration(samples.features)
+    confidences = calibration(samples.features, samples.answer_taught)
     samples.to_frame().assign(confidence=confidences).to_csv(out / "samples.csv", index=False)
-    plural = {HELD_OUT: "held-out photos", HIDDEN: "photos of hidden landmarks", NON_LANDMARK_PHOTO: "non-landmark photos"}
+    plural = {HELD_OUT: "held-out photos", HIDDEN: "photos of hidden landmarks", NON_LANDMARK_PHOTO: "non-landmark photos",
+              TAUGHT: "photos of taught landmarks"}
     what = ", ".join(f"{n} {plural.get(k, k)}" for k, n in calibration.fitted_on.items() if isinstance(n, int) and n)
+    groups = ({"photos of trained landmarks": samples.source == HELD_OUT, "photos of taught landmarks":
+               samples.source == TAUGHT} if (samples.source == TAUGHT).any() else None)
     plots.plot_reliability(confidences, samples.correct, run.plot("reliability.png"),
-                           raw_scores=samples.features[:, 0], what=what)
+                           raw_scores=samples.features[:, 0], what=what, groups=groups)
     plots.plot_precision_coverage(confidences, samples.correct, samples.is_landmark, calibration.threshold,
                                   run.plot("precision_coverage.png"), calibration.target_precision, what=what)
+
+def taught_figures(samples: CalibrationSamples, confidences: np.ndarray, threshold: float) -> dict | None:
+    """What teaching is worth on the calibration photos: per number of teaching photos, how many of a taught
+    landmark's other photos are answered right and known (``coverage``) and how often its known answers are right
+    (``precision``); ``trained_coverage``: the same for the trained landmarks' held-out photos; ``min_photos``: the
+    fewest teaching photos whose coverage reaches the trained one (the most measured when none does). None when no
+    landmark was taught."""
+    taught = samples.source == TAUGHT
+    if not taught.any():
+        return None
+    known = np.asarray(confidences) >= threshold
+    right = known & samples.correct
+
+    def figures(members: np.ndarray) -> dict[str, float | int | None]:
+        return {"answers": int(members.sum()), "coverage": float(right[members].mean()),
+                "precision": float(right[members].sum() / known[members].sum()) if known[members].any() else None}
+
+    held_out = samples.source == HELD_OUT
+    trained = float(right[held_out].mean()) if held_out.any() else None
+    by_photos = {int(n): figures(taught & (samples.taught_photos == n)) for n in np.unique(samples.taught_photos[taught])}
+    enough = [n for n, f in by_photos.items() if trained is not None and f["coverage"] >= trained]
+    return {"trained_coverage": trained, "by_photos": by_photos, "all": figures(taught),
+            "min_photos": min(enough) if enough else max(by_photos)}
+
 
 def split_non_landmark_bank(
     paths: Sequence[str | Path], reference_fraction: float = NON_LANDMARK_REFERENCE_FRACTION, seed: int = 0
@@ -290,6 +385,8 @@ def calibrate_after_training(run: RunFolder, config: Config, data: PreparedData,
         probe = probe_recognizer(recognizer, np.concatenate(references[0]), references[1],
                                  np.concatenate(references[2]))
         samples = gather_samples(probe, queries, negatives, queries_are_references)
+        if queries_are_references:  # weights that never saw the photos: teaching them can be replayed exactly
+            samples = concatenate_samples([samples, taught_leave_out_samples(probe, queries, config.train.seed)])
         queries = ("training photos, each left out of its own search (untrained weights)" if queries_are_references
                    else "validation split, searched against the training photos"
                    ) + "; hidden landmarks: each photo asked again with its own landmark left out"
@@ -301,6 +398,13 @@ def calibrate_after_training(run: RunFolder, config: Config, data: PreparedData,
     calibration = calibrate(samples, recognize.calibration, recognize.target_precision, recognize.min_confidence,
                             recognize.precision_certainty)
     calibration.fitted_on["queries"] = queries
+    taught = taught_figures(samples, calibration(samples.features, samples.answer_taught), calibration.threshold)
+    if taught is not None:
+        calibration.measured["taught"] = taught
+        log.info("taught landmarks (calibration models): right and known %s of their other photos from %s teaching "
+                 "photos, trained landmarks %s; more photos help below %d", ", ".join(
+                     f"{_share(f['coverage'])}" for f in taught["by_photos"].values()),
+                 "/".join(str(n) for n in taught["by_photos"]), _share(taught["trained_coverage"]), taught["min_photos"])
     write_calibration_answers(run, calibration, samples)
     recognizer.calibration = calibration
     recognizer.config.min_confidence = round(calibration.threshold, 6)
@@ -382,7 +486,8 @@ def calibration_model_samples(
     draws = [_calibration_model_samples(recognizer, config, train, val, bank_references, bank_negatives,
                                         hidden_fraction, config.train.seed + draw, epochs) for draw in range(models)]
     return CalibrationSamples(*(np.concatenate([getattr(d, name) for d in draws])
-                                for name in ("features", "correct", "is_landmark", "source")))
+                                for name in ("features", "correct", "is_landmark", "source", "taught_photos",
+                                             "answer_taught")))
 
 
 def _calibration_model_samples(recognizer: Recognizer, config: Config, train: tuple[np.ndarray, np.ndarray],
@@ -413,22 +518,50 @@ def _calibration_model_samples(recognizer: Recognizer, config: Config, train: tu
                                logit_scale=recognizer.logit_scale)
     known_queries = ~np.isin(val_landmarks, hidden)
     hidden_pool = np.concatenate([train_pooled[~kept], val_pooled[~known_queries]])
-    take = rng.choice(len(hidden_pool), size=min(len(hidden_pool), int(known_queries.sum())), replace=False)
-    parts = [(val_pooled[known_queries], val_landmarks[known_queries], HELD_OUT),
-             (hidden_pool[np.sort(take)], None, HIDDEN)]
+    hidden_labels = np.concatenate([train_landmarks[~kept], val_landmarks[~known_queries]])
+    taught = hidden[: int(TAUGHT_SHARE * len(hidden))]  # ``hidden`` is in random order; one hidden landmark stays so
+    probe.set_head_shape({"embedding_dim": references.shape[1], "config": config.model.model_dump()})
+    taught_parts = teach_hidden(probe, model, hidden_pool, hidden_labels, taught, rng) if probe.imprints else []
+    unknown = ~np.isin(hidden_labels, taught)
+    take = rng.choice(np.flatnonzero(unknown), size=min(int(unknown.sum()), int(known_queries.sum())), replace=False)
+    parts = [(val_pooled[known_queries], val_landmarks[known_queries], HELD_OUT, 0),
+             (hidden_pool[np.sort(take)], None, HIDDEN, 0), *taught_parts]
     if bank_negatives is not None and len(bank_negatives):
-        parts.append((bank_negatives, None, NON_LANDMARK_PHOTO))
-    features, correct, is_landmark, source = [], [], [], []
-    for pooled, true, kind in parts:
+        parts.append((bank_negatives, None, NON_LANDMARK_PHOTO, 0))
+    features, correct, is_landmark, source, taught_photos, answer_taught = [], [], [], [], [], []
+    for pooled, true, kind, photos in parts:
         if not len(pooled):
             continue
         answers = probe.ask(*model(pooled))
+        answer_taught.append(np.array([probe.is_taught_answer(a.landmark_id) for a in answers], bool))
         features.append(prediction_features(answers))
         correct.append(np.array([a.landmark_id for a in answers]) == true if true is not None
                        else np.zeros(len(answers), bool))
-        is_landmark.append(np.full(len(answers), kind == HELD_OUT))
+        is_landmark.append(np.full(len(answers), kind in (HELD_OUT, TAUGHT)))
         source += [kind] * len(answers)
-    log.info("calibration model: %d landmarks known, %d hidden (%s)", len(known_ids), len(hidden),
-             ", ".join(str(int(h)) for h in np.sort(hidden)))
+        taught_photos.append(np.full(len(answers), photos, np.int64))
+    log.info("calibration model: %d landmarks known, %d hidden (%s), %d of them taught", len(known_ids), len(hidden),
+             ", ".join(str(int(h)) for h in np.sort(hidden)), len(taught_parts))
     return CalibrationSamples(np.concatenate(features), np.concatenate(correct), np.concatenate(is_landmark),
-                              np.asarray(source, dtype=object))
+                              np.asarray(source, dtype=object), np.concatenate(taught_photos),
+                              np.concatenate(answer_taught))
+
+
+def teach_hidden(probe: Recognizer, model: PooledArcFace, pooled: np.ndarray, labels: np.ndarray,
+                 taught: np.ndarray, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray, str, int]]:
+    """Teach ``probe`` the landmarks ``taught`` as the service does (``Recognizer.add_references`` and
+    ``Recognizer.imprint``), each from ``TAUGHT_PHOTOS`` photos (drawn in turn) of its ``pooled`` features; returns,
+    per landmark, (its other photos' pooled features, their landmark id, ``TAUGHT``, the teaching photos) to ask."""
+    parts = []
+    for number, landmark_id in enumerate(taught):
+        photos = rng.permutation(np.flatnonzero(labels == landmark_id))
+        count = min(TAUGHT_PHOTOS[(number + int(rng.integers(len(TAUGHT_PHOTOS)))) % len(TAUGHT_PHOTOS)],
+                    len(photos) - 1)
+        if count < 1:
+            continue
+        embeddings, _ = model(pooled[photos[:count]])
+        probe.add_references(embeddings, [f"taught:{landmark_id}:{i}" for i in range(count)], int(landmark_id))
+        probe.imprint(int(landmark_id))
+        queries = photos[count:]
+        parts.append((pooled[queries], np.full(len(queries), int(landmark_id)), TAUGHT, count))
+    return parts

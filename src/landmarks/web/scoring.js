@@ -52,6 +52,28 @@ function classifierScores(logits, rule) {
   return out;
 }
 
+/**
+ * Taught landmarks (no classifier column): landmark id -> cosine of the embedding's first neck_dims values,
+ * normalised, to the nearest of its imprinted centres, in [0, 1] (landmarks.recognize.centres.centre_scores).
+ */
+export function taughtScores(embedding, centres) {
+  const out = new Map();
+  if (!centres || !centres.rows || !centres.rows.length) return out;
+  const dims = centres.neck_dims;
+  if (embedding.length < dims) return out;
+  let norm = 0;
+  for (let j = 0; j < dims; j++) norm += embedding[j] ** 2;
+  norm = Math.max(Math.sqrt(norm), 1e-12);
+  centres.rows.forEach((row, r) => {
+    let dot = 0;
+    for (let j = 0; j < dims; j++) dot += row[j] * embedding[j];
+    const score = Math.min(1, Math.max(0, dot / norm));
+    const id = centres.landmark_ids[r];
+    out.set(id, Math.max(out.has(id) ? out.get(id) : 0, score));
+  });
+  return out;
+}
+
 const sigmoid = (z) => 0.5 * (1 + Math.tanh(0.5 * z));
 
 function interp(x, xs, ys) {
@@ -115,11 +137,15 @@ export function scoreEmbedding(embedding, logits, prototypes, prototypeIds, rule
     const classes = Array.from(probabilities.keys()).sort((a, b) => probabilities[b] - probabilities[a]);
     for (const column of classes.slice(0, rule.top_k)) candidateIds.add(rule.class_landmark_ids[column]);
   }
+  const taught = taughtScores(embedding, rule.taught_centres);
+  const taughtIds = Array.from(taught.keys()).sort((a, b) => taught.get(b) - taught.get(a) || a - b);
+  for (const id of taughtIds.slice(0, rule.top_k)) candidateIds.add(id);
   const scores = [];
   for (const id of candidateIds) {
     const knnScore = Math.max(0, knn.has(id) ? knn.get(id) : 0);
     const column = columnOf.get(id);
-    const classifierScore = column !== undefined && probabilities.length ? probabilities[column] : knnScore;
+    const classifierScore = column !== undefined && probabilities.length ? probabilities[column]
+      : taught.has(id) ? taught.get(id) : knnScore;
     let fused = weight * knnScore + (1 - weight) * classifierScore;
     if (nonLandmarkSimilarity > 0) {
       fused -= rule.non_landmark_penalty * Math.max(0, nonLandmarkSimilarity - (knn.has(id) ? knn.get(id) : 0));
@@ -128,9 +154,12 @@ export function scoreEmbedding(embedding, logits, prototypes, prototypeIds, rule
   }
   scores.sort((a, b) => b.score - a.score || a.landmark_id - b.landmark_id);
   const candidates = scores.slice(0, rule.top_k);
-  const best = candidates[0] || { landmark_id: NO_LANDMARK, score: 0 };
+  let best = candidates[0] || { landmark_id: NO_LANDMARK, score: 0 };
   let confidence = best.score;
   const calibration = rule.calibration;
+  // answers naming a landmark the classifier does not know use the calibration's taught map when it has one
+  const isTaught = (id) => columnOf.size > 0 && !columnOf.has(id) && id >= 0;
+  const mapOf = (id) => (calibration && calibration.taught && isTaught(id) ? calibration.taught : calibration);
   if (calibration && calibration.method === "gate") {
     const neighbours = order.slice(0, rule.show_neighbours || 0);
     const agreement = neighbours.length
@@ -145,10 +174,14 @@ export function scoreEmbedding(embedding, logits, prototypes, prototypeIds, rule
       if (!(name in features)) throw new Error(`the page does not know the calibration feature ${name}`);
       return features[name];
     });
-    confidence = gateProbability(values, calibration.parameters);
+    confidence = gateProbability(values, mapOf(best.landmark_id).parameters);
     if (candidates.length) candidates[0] = { ...candidates[0], score: confidence };
   } else if (calibration) {
-    for (const candidate of candidates) candidate.score = mapScore(candidate.score, calibration);
+    for (const candidate of candidates) candidate.score = mapScore(candidate.score, mapOf(candidate.landmark_id));
+    if (calibration.taught) {
+      candidates.sort((a, b) => b.score - a.score || a.landmark_id - b.landmark_id);
+      if (candidates.length) best = candidates[0];
+    }
     confidence = candidates.length ? candidates[0].score : 0;
   }
   return { landmark_id: best.landmark_id, confidence, known: isKnown(confidence, rule.threshold), candidates };

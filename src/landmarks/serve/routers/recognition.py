@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import HTMLResponse
 
 from landmarks.data.catalog import NO_LANDMARK, NO_LANDMARK_NAME
+from landmarks.recognize.confidence import teaching_outlook
 from landmarks.recognize.geo import Location
 from landmarks.recognize.recognizer import Prediction, Recognizer
 from landmarks.serve.deps import get_actor, get_service, require_suggester
@@ -105,8 +106,14 @@ def feedback(body: FeedbackIn, actor: Actor = Depends(require_suggester), servic
 
 @router.get("/landmarks", response_model=list[LandmarkOut])
 def landmarks(service: Service = Depends(get_service)) -> list[LandmarkOut]:
-    return [LandmarkOut(landmark_id=i, name=n, references=c, enrolled=e, info=LandmarkInfo(**service.recognizer.info_of(i)))
-            for i, n, c, e in service.landmarks()]
+    recognizer = service.recognizer
+    out = []
+    for i, n, c, e in service.landmarks():
+        outlook = teaching_outlook(recognizer.calibration, c, e)
+        out.append(LandmarkOut(landmark_id=i, name=n, references=c, enrolled=e, info=LandmarkInfo(**recognizer.info_of(i)),
+                               expected_coverage=outlook.expected_coverage, class_centres=len(recognizer.centres.get(i, ())),
+                               note=outlook.sentence() if e else None))
+    return out
 
 
 @router.post("/landmarks", response_model=EnrolOut)
