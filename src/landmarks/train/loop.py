@@ -168,7 +168,12 @@ class Trainer:
 
     # -- epochs ------------------------------------------------------------------------------
     def _loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss = F.cross_entropy(logits, targets, weight=self.loss_weights, label_smoothing=self.config.train.label_smoothing)
+        weight = self.loss_weights
+        arcface = getattr(self.model.head, "arcface", None)
+        if arcface is not None and arcface.sampled is not None:  # Partial FC: logits of the step's classes only
+            weight = weight[arcface.sampled] if weight is not None else None
+            targets = arcface.targets_of(targets)
+        loss = F.cross_entropy(logits.float(), targets, weight=weight, label_smoothing=self.config.train.label_smoothing)
         return loss + self.model.regularization_loss()
 
     def run_epoch(self, split: str, train: bool) -> dict[str, float]:
