@@ -38,6 +38,11 @@ class DataConfig(Section):
     val_fraction: float = Field(0.2, ge=0, lt=1)
     test_fraction: float = Field(0.1, ge=0, lt=1)
     cache_dir: str | None = None  # None: $LANDMARKS_CACHE or ~/.cache/landmarks
+    # memmap: every photo decoded once into the image cache; none: decoded in the DataLoader workers every epoch
+    # (tar shards in <data>/train/images_*.tar are streamed); auto: memmap when it fits cache_disk_share of the free disk
+    cache: Literal["memmap", "none", "auto"] = "memmap"
+    cache_disk_share: float = Field(0.5, gt=0, le=1)
+    shuffle_buffer: int = Field(1000, ge=1)  # tar shards: photos a worker shuffles among
     non_landmarks: str | None = None  # a folder of photos that show no landmark (references -1 and calibration)
 
 

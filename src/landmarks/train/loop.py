@@ -16,8 +16,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from landmarks.config import Config, TrainConfig
+from landmarks.errors import ConfigError
 from landmarks.data.augment import CachedImageDataset, build_train_transform, class_balanced_sampler, class_weights
 from landmarks.data.prepared import PreparedData
+from landmarks.data.shards import ShardStream, resume_roles
 from landmarks.models.landmark_model import LandmarkModel
 from landmarks.models.meta import model_meta
 from landmarks.models.registry import build_model
@@ -183,6 +185,19 @@ def fit_pass(forward: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor,
     return total_loss, correct, count
 
 
+class _Sized:
+    """An iterable with a known length (a progress bar's total)."""
+
+    def __init__(self, iterable: Iterable, length: int):
+        self.iterable, self.length = iterable, length
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def __len__(self) -> int:
+        return self.length
+
+
 def set_backbone_trainable(model: LandmarkModel, trainable: bool) -> None:
     for parameter in model.backbone_parameters():
         parameter.requires_grad_(trainable)
@@ -201,6 +216,9 @@ class Trainer:
         self.data = data
         self.run = run
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if data.streamed and config.train.oversample:
+            raise ConfigError("train.oversample draws photos at random, which tar shards streamed in order cannot "
+                              "give: set train.oversample=false or extract the shards.")
         train_labels = data.frame["class_index"].to_numpy()[data.indices("train")]
         self.class_counts = np.bincount(train_labels, minlength=data.num_classes)
         self.model = build_model(config.model, data.num_classes, config.data.image_size_px, self.class_counts)
@@ -246,6 +264,8 @@ class Trainer:
         indices = self.data.indices(split)
         labels = self.data.frame["class_index"].to_numpy()[indices]
         transform = build_train_transform(cfg.augment, cfg.data.image_size_px) if train else None
+        if train and self.data.streamed:
+            return self._stream(indices, labels, transform, skip)
         dataset = CachedImageDataset(self.data.cache, indices, labels, transform)
         sampler: torch.utils.data.Sampler
         if train and cfg.train.oversample:
@@ -264,6 +284,26 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(cfg.train.seed + len(self.history)),  # augmentation's randomness
         )
+
+    def _stream(self, indices: np.ndarray, labels: np.ndarray, transform: Callable | None, skip: int) -> Iterable:
+        """The training photos streamed from their tar shards (each rank and worker its own), ``skip`` batches on.
+        Under DDP every rank stops at the number of batches the rank with the fewest has (the shards differ)."""
+        cfg = self.config
+        ids = self.data.frame["id"].astype(str).to_numpy()[indices]
+        workers = max(1, cfg.train.workers)
+
+        def stream(rank: int) -> ShardStream:
+            return ShardStream(self.data.shards, dict(zip(ids, labels.tolist())), cfg.data.image_size_px,
+                               cfg.train.batch_size, len(self.history), cfg.train.seed, workers, rank,
+                               distributed.world_size(), cfg.data.shuffle_buffer, transform)
+
+        mine = stream(distributed.rank())
+        per_worker = mine.batches_per_worker()
+        batches = min(sum(stream(r).batches_per_worker()) for r in range(distributed.world_size()))
+        mine.roles, mine.skips = resume_roles(per_worker, skip)
+        loader = DataLoader(mine, batch_size=None, num_workers=len(mine.roles) if cfg.train.workers else 0,
+                            pin_memory=self.device.type == "cuda")
+        return _Sized(itertools.islice(loader, max(0, batches - skip)), max(0, batches - skip))
 
     def _features_of(self, split: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone feature maps of a split (frozen backbone), computed once per view."""
