@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from landmarks.data.catalog import read_catalog
 from landmarks.data.images import decode_image_bytes, default_cache_dir
 from landmarks.errors import DataError, ImageError
 from landmarks.utils import atomic_write_text
@@ -235,8 +236,6 @@ def pack_shards(photos: Sequence[tuple[str, Path]], out_dir: Path, per_shard: in
 def pack_gldv2(data_dir: Path, out_dir: Path, per_shard: int = 1000) -> list[Path]:
     """A GLDv2 folder's training photos packed as GLDv2 publishes them (``out/train/images_NNN.tar``, photos in
     train.csv order), its CSV files copied and its other splits' folders linked: a folder to train on from shards."""
-    from landmarks.data.catalog import read_catalog
-
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if not (data_dir / "train.csv").is_file():
         raise DataError(f"{data_dir} has no train.csv: only a GLDv2-layout folder can be packed into shards.")
