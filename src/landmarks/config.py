@@ -43,6 +43,7 @@ class DataConfig(Section):
     cache: Literal["memmap", "none", "auto"] = "memmap"
     cache_disk_share: float = Field(0.5, gt=0, le=1)
     shuffle_buffer: int = Field(1000, ge=1)  # tar shards: photos a worker shuffles among
+    gpu_decode: bool = False  # tar shards on CUDA: JPEGs decoded on the GPU (nvJPEG), not in the workers
     non_landmarks: str | None = None  # a folder of photos that show no landmark (references -1 and calibration)
 
 

@@ -127,3 +127,28 @@ def test_two_gloo_processes_read_disjoint_shards(packed: tuple[Path, Path], tmp_
     torch.multiprocessing.spawn(_rank_ids, args=(2, str(tars), _labels(source), str(tmp_path), str(out)), nprocs=2)
     first, second = eval(out.read_text())  # noqa: S307 - written by the test above
     assert first and second and not set(first) & set(second) and sorted(first + second) == list(range(5))
+
+
+def test_raw_batches_hold_the_jpeg_bytes_for_gpu_decoding(packed: tuple[Path, Path], tmp_path: Path) -> None:
+    """The batches the GPU decoder gets are the members' bytes as they lie in the shards (decoding itself needs CUDA)."""
+    source, tars = packed
+    labels = _labels(source)
+    index = ShardIndex.scan(find_shards(tars), tmp_path)
+    encoded, targets = next(iter(ShardStream(index, labels, 16, 4, epoch=0, seed=1, workers=1, raw=True)))
+    assert len(encoded) == 4 and len(targets) == 4
+    by_bytes = {index.read(i): labels[i] for i in labels}
+    assert [by_bytes[bytes(e.numpy())] for e in encoded] == targets.tolist()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU JPEG decoding needs CUDA")
+def test_gpu_decoding_gives_the_photos_the_cpu_decodes(packed: tuple[Path, Path], tmp_path: Path) -> None:
+    from landmarks.data.shards import decoded_on_gpu
+
+    source, tars = packed
+    labels = _labels(source)
+    index = ShardIndex.scan(find_shards(tars), tmp_path)
+    raw = ShardStream(index, labels, 16, 4, epoch=0, seed=1, workers=1, raw=True)
+    cpu = ShardStream(index, labels, 16, 4, epoch=0, seed=1, workers=1)
+    (gpu_images, gpu_labels), (cpu_images, cpu_labels) = next(decoded_on_gpu(raw, 16, torch.device("cuda"))), next(iter(cpu))
+    assert torch.equal(gpu_labels, cpu_labels)
+    assert (gpu_images.cpu() - cpu_images).abs().mean() < 0.05  # another decoder and resampler, the same photos

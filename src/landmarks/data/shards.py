@@ -21,7 +21,7 @@ import random
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -151,12 +151,13 @@ class ShardStream(IterableDataset):
     def __init__(self, index: ShardIndex, labels: dict[str, int], size_px: int, batch_size: int, epoch: int,
                  seed: int, workers: int, rank: int = 0, world: int = 1, buffer: int = 1000,
                  transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 roles: Sequence[int] | None = None, skips: Sequence[int] | None = None):
+                 roles: Sequence[int] | None = None, skips: Sequence[int] | None = None, raw: bool = False):
         self.index, self.labels, self.size_px, self.batch_size = index, labels, size_px, batch_size
         self.epoch, self.seed, self.workers, self.rank, self.world = epoch, seed, max(1, workers), rank, world
         self.buffer, self.transform = buffer, transform
         self.roles = list(range(self.workers)) if roles is None else list(roles)
         self.skips = [0] * len(self.roles) if skips is None else list(skips)
+        self.raw = raw  # batches of undecoded JPEG bytes (1-D uint8 tensors) for ``decoded_on_gpu``
 
     def shards_of(self, worker: int) -> list[int]:
         return assigned_shards(len(self.index.shards), self.epoch, self.seed, self.rank, self.world, worker,
@@ -184,6 +185,8 @@ class ShardStream(IterableDataset):
 
     def _decoded(self, sample: dict) -> tuple[torch.Tensor, int] | None:
         image_id = photo_id(sample["__key__"])
+        if self.raw:
+            return torch.frombuffer(bytearray(sample["jpg"]), dtype=torch.uint8), self.labels[image_id]
         try:
             pixels = decode_image_bytes(sample["jpg"], self.size_px, f"{image_id}.jpg in {sample.get('__url__')}")
         except ImageError as error:
@@ -211,10 +214,33 @@ class ShardStream(IterableDataset):
                 continue
             batch.append(decoded)
             if len(batch) == self.batch_size:
-                yield torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch])
+                yield self._collate(batch)
                 batch = []
         if len(batch) > 1:
-            yield torch.stack([b[0] for b in batch]), torch.tensor([b[1] for b in batch])
+            yield self._collate(batch)
+
+    def _collate(self, batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]:
+        images = [b[0] for b in batch]
+        return images if self.raw else torch.stack(images), torch.tensor([b[1] for b in batch])
+
+
+def decoded_on_gpu(batches: Iterable, size_px: int, device: torch.device,
+                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of JPEG bytes (``ShardStream(raw=True)``) decoded on the GPU (nvJPEG through
+    ``torchvision.io.decode_jpeg``), upright, squashed bilinearly to ``size_px`` and augmented there: float32 in
+    [0, 1] on ``device``. CUDA only; the CPU path decodes in the workers (JPEG draft mode) instead."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if device.type != "cuda":
+        raise ValueError("GPU JPEG decoding needs a CUDA device.")
+    for encoded, labels in batches:
+        images = decode_jpeg(list(encoded), mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
+        squashed = [torch.nn.functional.interpolate(image[None].float(), size=(size_px, size_px), mode="bilinear",
+                                                    antialias=True, align_corners=False)[0].round().clamp(0, 255)
+                    .to(torch.uint8) for image in images]
+        if transform is not None:
+            squashed = [transform(image) for image in squashed]
+        yield torch.stack(squashed).float().div_(255.0), labels
 
 
 def pack_shards(photos: Sequence[tuple[str, Path]], out_dir: Path, per_shard: int) -> list[Path]:
@@ -252,6 +278,6 @@ def pack_gldv2(data_dir: Path, out_dir: Path, per_shard: int = 1000) -> list[Pat
     return pack_shards(present, out_dir / "train", per_shard)
 
 
-__all__ = ["ShardIndex", "ShardStream", "assigned_shards", "batches_of", "find_shards", "pack_gldv2", "pack_shards", "photo_id",
+__all__ = ["ShardIndex", "ShardStream", "assigned_shards", "batches_of", "decoded_on_gpu", "find_shards", "pack_gldv2", "pack_shards", "photo_id",
            "resume_roles"]
 

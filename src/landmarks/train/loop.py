@@ -19,7 +19,7 @@ from landmarks.config import Config, TrainConfig
 from landmarks.errors import ConfigError
 from landmarks.data.augment import CachedImageDataset, build_train_transform, class_balanced_sampler, class_weights
 from landmarks.data.prepared import PreparedData
-from landmarks.data.shards import ShardStream, resume_roles
+from landmarks.data.shards import ShardStream, decoded_on_gpu, resume_roles
 from landmarks.models.landmark_model import LandmarkModel
 from landmarks.models.meta import model_meta
 from landmarks.models.registry import build_model
@@ -292,10 +292,13 @@ class Trainer:
         ids = self.data.frame["id"].astype(str).to_numpy()[indices]
         workers = max(1, cfg.train.workers)
 
+        on_gpu = cfg.data.gpu_decode and self.device.type == "cuda"
+
         def stream(rank: int) -> ShardStream:
             return ShardStream(self.data.shards, dict(zip(ids, labels.tolist())), cfg.data.image_size_px,
                                cfg.train.batch_size, len(self.history), cfg.train.seed, workers, rank,
-                               distributed.world_size(), cfg.data.shuffle_buffer, transform)
+                               distributed.world_size(), cfg.data.shuffle_buffer, None if on_gpu else transform,
+                               raw=on_gpu)
 
         mine = stream(distributed.rank())
         per_worker = mine.batches_per_worker()
@@ -303,7 +306,10 @@ class Trainer:
         mine.roles, mine.skips = resume_roles(per_worker, skip)
         loader = DataLoader(mine, batch_size=None, num_workers=len(mine.roles) if cfg.train.workers else 0,
                             pin_memory=self.device.type == "cuda")
-        return _Sized(itertools.islice(loader, max(0, batches - skip)), max(0, batches - skip))
+        epoch: Iterable = itertools.islice(loader, max(0, batches - skip))
+        if on_gpu:
+            epoch = decoded_on_gpu(epoch, cfg.data.image_size_px, self.device, transform)
+        return _Sized(epoch, max(0, batches - skip))
 
     def _features_of(self, split: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Backbone feature maps of a split (frozen backbone), computed once per view."""
