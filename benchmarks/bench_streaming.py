@@ -7,7 +7,7 @@ The benchmark writes a synthetic GLDv2-shaped set per size (JPEGs of 320 x 240 p
 per 10 photos with long-tailed counts (Zipf), train.csv, and the same photos packed as 10 tar shards
 train/images_NNN.tar in a second folder), then, each in a fresh process: prepares the data (``memmap``: decoding every
 photo into the image cache first; ``none``: nothing to decode; ``tars``: reading the shards' headers) and trains one
-epoch (at most ``--batches`` batches) of a tiny backbone (timm's test_efficientnet, ArcFace head) at 64 px, batch 64,
+epoch (at most ``--batches`` batches) of a tiny backbone (timm's test_efficientnet, ArcFace head) at 128 px, batch 64,
 2 DataLoader workers, so that reading and decoding photos, not the network, is what is measured.
 Memory: peak RSS (VmHWM) of the training process and of its largest DataLoader worker; the memory map's pages count in
 the RSS of whoever reads them.
@@ -73,7 +73,7 @@ def measure(mode: str, data: Path, cache: Path, batches: int) -> dict:
     torch.set_num_threads(1)
     config = load_config("glr", [
         "model.backbone=test_efficientnet", "model.pretrained=none", "model.embedding_dim=64",
-        "model.descriptor_dims=0", "data.image_size_px=64", f"data.cache={'memmap' if mode == 'memmap' else 'none'}",
+        "model.descriptor_dims=0", "data.image_size_px=128", f"data.cache={'memmap' if mode == 'memmap' else 'none'}",
         f"data.cache_dir={cache}", "train.freeze_backbone_epochs=0", "train.batch_size=64", "train.workers=2",
         "data.val_fraction=0.05", "data.test_fraction=0.05"])
     started = time.monotonic()
@@ -138,7 +138,7 @@ def main() -> None:
         "`" + " ".join(["python benchmarks/bench_streaming.py", *sys.argv[1:]]) + "`",
         "",
         f"Synthetic GLDv2-shaped sets (320 x 240 JPEGs, one landmark per 10 photos, Zipf counts, 10 tar shards), "
-        f"{args.batches} training batches of 64 at 64 px through a tiny backbone, 2 DataLoader workers, on a 2-core "
+        f"{args.batches} training batches of 64 at 128 px through a tiny backbone, 2 DataLoader workers, on a 2-core "
         "CPU shared with other jobs (no GPU was lent to this task). `prepare` is `prepare_data` (for memmap: decoding "
         "every photo into the cache).",
         "",
