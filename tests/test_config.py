@@ -49,3 +49,14 @@ def test_a_renamed_key_is_still_read_with_a_warning(caplog: pytest.LogCaptureFix
         config = load_config("glr", ["recognize.calibrate=true"])
     assert config.recognize.search_knn_weight is True
     assert "recognize.calibrate is now recognize.search_knn_weight" in caplog.text
+    with caplog.at_level("WARNING"):
+        config = load_config("glr", ["train.backbone_lr_factor=0.1"])
+    assert config.train.backbone_lr_scale == 0.1
+    assert "train.backbone_lr_factor is now train.backbone_lr_scale" in caplog.text
+
+
+@pytest.mark.parametrize("override", ["train.precision=fp8", "data.cache=ram", "model.arcface_sample_rate=0",
+                                      "model.arcface_sample_rate=1.5", "train.accumulate=0"])
+def test_scale_settings_out_of_range_are_refused(override: str):
+    with pytest.raises(ConfigError):
+        load_config("glr", [override])

@@ -178,12 +178,20 @@ def cmd_download(args: argparse.Namespace) -> int:
     shards = parse_shards(args.shards, args.split) if args.shards else None
     report = download_gldv2(
         args.split, Path(args.out), shards=shards, metadata=args.metadata, base_url=args.base_url or DEFAULT_BASE_URL,
-        workers=args.workers,
+        workers=args.workers, keep_tars=args.keep_tars,
     )
     print(
         f"{len(report.shards_done)} shards downloaded, {len(report.shards_skipped)} already done, "
         f"{report.bytes_downloaded / 1e6:.1f} MB, {len(report.refetched)} re-fetched after a bad md5; data in {args.out}"
     )
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from landmarks.data.shards import pack_gldv2
+
+    shards = pack_gldv2(_existing_dir(args.data), Path(args.out), args.per_shard)
+    print(f"wrote {len(shards)} tar shards to {Path(args.out) / 'train'}; train with --data {args.out} data.cache=none")
     return 0
 
 
@@ -330,7 +338,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--base-url", help="mirror of https://s3.amazonaws.com/google-landmark")
     p.add_argument("--workers", type=int, default=4, help="shards fetched in parallel")
+    p.add_argument("--keep-tars", action="store_true",
+                   help="keep the verified shards as OUT/<split>/images_NNN.tar instead of extracting them "
+                        "(train on them with data.cache=none)")
     p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("pack", help="a GLDv2 folder's training photos as tar shards (train/images_NNN.tar), as GLDv2 publishes them")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--per-shard", type=int, default=1000, help="photos per shard")
+    p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("index", parents=[backend], help="embed reference photos in shards (one per worker) and merge them into the run's index")
     p.add_argument("run")

@@ -25,7 +25,8 @@ from landmarks.utils import atomic_write_text
 log = logging.getLogger(__name__)
 
 IndexType = Literal["auto", "flat", "ivf", "ivfpq"]  # the one list of index types (landmarks.recognize.index)
-RENAMED_KEYS = {"calibrate": "search_knn_weight"}  # recognize keys: old name -> new name (the old one still read)
+# old name -> new name (the old one still read, with a warning)
+RENAMED_KEYS = {"recognize": {"calibrate": "search_knn_weight"}, "train": {"backbone_lr_factor": "backbone_lr_scale"}}
 
 
 class DataConfig(Section):
@@ -37,6 +38,12 @@ class DataConfig(Section):
     val_fraction: float = Field(0.2, ge=0, lt=1)
     test_fraction: float = Field(0.1, ge=0, lt=1)
     cache_dir: str | None = None  # None: $LANDMARKS_CACHE or ~/.cache/landmarks
+    # memmap: every photo decoded once into the image cache; none: decoded in the DataLoader workers every epoch
+    # (tar shards in <data>/train/images_*.tar are streamed); auto: memmap when it fits cache_disk_share of the free disk
+    cache: Literal["memmap", "none", "auto"] = "memmap"
+    cache_disk_share: float = Field(0.5, gt=0, le=1)
+    shuffle_buffer: int = Field(1000, ge=1)  # tar shards: photos a worker shuffles among
+    gpu_decode: bool = False  # tar shards on CUDA: JPEGs decoded on the GPU (nvJPEG), not in the workers
     non_landmarks: str | None = None  # a folder of photos that show no landmark (references -1 and calibration)
 
 
@@ -71,7 +78,7 @@ class TrainConfig(Section):
     class_weighting: bool = False  # weight the loss by inverse class frequency
     oversample: bool = False  # draw batches with a class-balanced sampler
     freeze_backbone_epochs: int = 0  # glr/classifier: train only the head for this many epochs (-1: always)
-    backbone_lr_factor: float = 1.0  # backbone lr = lr * factor once unfrozen
+    backbone_lr_scale: float = Field(1.0, gt=0)  # backbone lr = lr * scale once unfrozen (was backbone_lr_factor)
     cache_features: bool = True  # while the backbone is frozen, compute its feature maps once per view
     feature_views: int = 1  # augmented views of the training set cached while frozen (epoch e uses view e % views)
     label_smoothing: float = 0.0
@@ -79,6 +86,14 @@ class TrainConfig(Section):
     max_minutes: float | None = None  # stop (keeping the best checkpoint) after this much training time
     workers: int = 2  # data-loading processes
     seed: int = 42
+    # speed and scale (GPUs): autocast precision (fp16 with a gradient scaler; ArcFace cosines and margins stay fp32)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = True  # photos and convolutions in NHWC (faster on CPUs and tensor cores)
+    compile: bool = False  # torch.compile the model for the steps that run the backbone
+    accumulate: int = Field(1, ge=1)  # optimiser step every N batches (gradients summed, loss divided by N)
+    warmup_steps: int = Field(0, ge=0)  # lr rises linearly over the first N steps of each optimiser (start, unfreeze)
+    ema_decay: float = Field(0.0, ge=0, lt=1)  # >0: validate and keep an exponential moving average of the weights
+    checkpoint_minutes: float | None = Field(None, gt=0)  # also write last.pt this often within an epoch (exact resume)
 
 
 class RecognizeConfig(Section):
@@ -172,9 +187,9 @@ def _set(tree: dict[str, Any], section: str, key: str, value: Any) -> None:
     if section == "name" and not key:
         tree["name"] = str(value)
         return
-    if section == "recognize" and key in RENAMED_KEYS:
-        log.warning("recognize.%s is now recognize.%s; please rename it", key, RENAMED_KEYS[key])
-        key = RENAMED_KEYS[key]
+    if key in RENAMED_KEYS.get(section, {}):
+        log.warning("%s.%s is now %s.%s; please rename it", section, key, section, RENAMED_KEYS[section][key])
+        key = RENAMED_KEYS[section][key]
     if section not in SECTIONS:
         raise ConfigError(f"Unknown config section {section!r}; expected one of {', '.join(SECTIONS)}.")
     fields = SECTIONS[section].model_fields

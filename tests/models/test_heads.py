@@ -160,3 +160,63 @@ def test_descriptor_keeps_at_most_one_component_fewer_than_photos():
     assert descriptor.fit(pooled) == 3
     assert torch.equal(descriptor.projection[:, 3:], torch.zeros(8, 3))
     assert torch.isfinite(descriptor(torch.from_numpy(pooled))).all()
+
+
+# -- Partial FC ------------------------------------------------------------------------------------
+def _heads(rate: float, classes: int = 20, subcenters: int = 3) -> tuple[SubCenterArcFace, SubCenterArcFace]:
+    torch.manual_seed(0)
+    margins = dynamic_margins(np.arange(1, classes + 1))
+    full = SubCenterArcFace(8, classes, subcenters, 30.0, margins)
+    partial = SubCenterArcFace(8, classes, subcenters, 30.0, margins, sample_rate=rate)
+    partial.load_state_dict(full.state_dict())
+    return full.train(), partial.train()
+
+
+def test_partial_fc_at_rate_one_equals_the_full_head():
+    full, partial = _heads(1.0)
+    embedding, labels = torch.randn(6, 8), torch.tensor([0, 3, 3, 7, 19, 11])
+    expected = F.cross_entropy(full(embedding, labels), labels)
+    got = F.cross_entropy(partial(embedding, labels), partial.targets_of(labels))
+    assert partial.sampled is None
+    assert torch.equal(got, expected)
+
+
+def test_partial_fc_scores_the_batch_classes_and_a_share_of_the_others():
+    _, partial = _heads(0.25)
+    labels = torch.tensor([0, 3, 3, 7, 19, 11])
+    logits = partial(torch.randn(6, 8), labels)
+    sampled = partial.sampled
+    assert logits.shape == (6, 5) == (6, len(sampled))  # ceil(0.25 * 20) = 5 classes, the batch's 5 among them
+    assert set(sampled.tolist()) == {0, 3, 7, 11, 19} and torch.equal(sampled, sampled.sort().values)
+    assert torch.equal(sampled[partial.targets_of(labels)], labels)
+    # never fewer classes than the batch has: 5 of them at a rate that would score 2
+    _, small = _heads(0.1)
+    assert small(torch.randn(6, 8), labels).shape == (6, 5)
+
+
+def test_partial_fc_loss_is_the_full_loss_over_the_sampled_columns_and_only_their_centres_learn():
+    full, partial = _heads(0.5)
+    embedding, labels = torch.randn(6, 8), torch.tensor([0, 3, 3, 7, 19, 11])
+    loss = F.cross_entropy(partial(embedding, labels), partial.targets_of(labels))
+    sampled = partial.sampled
+    assert len(sampled) == 10
+    by_hand = F.cross_entropy(full(embedding, labels)[:, sampled], torch.searchsorted(sampled, labels))
+    assert torch.allclose(loss, by_hand, atol=1e-6)
+    loss.backward()
+    touched = partial.weight.grad.view(20, 3, 8).abs().sum(dim=(1, 2)) > 0
+    assert touched.nonzero().flatten().tolist() == sampled.tolist()
+
+
+def test_partial_fc_samples_only_in_training_with_labels():
+    _, partial = _heads(0.25)
+    embedding, labels = torch.randn(4, 8), torch.tensor([1, 2, 3, 4])
+    assert partial(embedding).shape == (4, 20)
+    partial.eval()
+    assert partial(embedding, labels).shape == (4, 20) and partial.sampled is None
+
+
+def test_arcface_cosine_and_margin_stay_fp32_under_autocast():
+    full, _ = _heads(1.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = full(torch.randn(4, 8), torch.tensor([1, 2, 3, 4]))
+    assert logits.dtype == torch.float32

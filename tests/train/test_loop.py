@@ -234,3 +234,125 @@ def test_early_stopping_min_delta_counts_only_gains_above_its_share(tiny_gldv2: 
     history = pd.read_csv(trainer.run.path / "history.csv")
     assert history["epoch"].tolist() == [1, 2]
     assert trainer.best_epoch == 1
+
+
+# -- precision, accumulation, warmup, EMA, mid-epoch resume ----------------------------------------------------
+def _linear_pass(stepper_overrides: list[str], batches: list[tuple[torch.Tensor, torch.Tensor]],
+                 lr: float = 0.1) -> nn.Linear:
+    """A linear classifier after one fit_pass with plain SGD under the given train.* settings."""
+    from landmarks.train.loop import Stepper, fit_pass
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    train_cfg = load_config("seed-cnn", stepper_overrides).train
+    stepper = Stepper(optimizer, "cpu", train_cfg, model=model)
+    fit_pass(lambda x, _y: (x, model(x)), batches, nn.functional.cross_entropy, optimizer, stepper=stepper)
+    return model
+
+
+def test_accumulating_two_batches_is_one_step_over_both() -> None:
+    torch.manual_seed(1)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    accumulated = _linear_pass(["train.accumulate=2"], [(x[:4], y[:4]), (x[4:], y[4:])])
+    whole = _linear_pass([], [(x, y)])
+    per_batch = _linear_pass([], [(x[:4], y[:4]), (x[4:], y[4:])])
+    assert torch.allclose(accumulated.weight, whole.weight, atol=1e-6)
+    assert not torch.allclose(per_batch.weight, whole.weight, atol=1e-4)
+
+
+def test_warmup_scales_the_first_steps_lr_and_leaves_the_schedulers_lr() -> None:
+    from landmarks.train.loop import Stepper, fit_pass
+
+    weight = nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    stepper = Stepper(optimizer, "cpu", load_config("seed-cnn", ["train.warmup_steps=4"]).train)
+    moves = []
+    for _ in range(6):  # loss = weight: the gradient is 1, a step moves the weight by -lr
+        before = float(weight.detach())
+        fit_pass(lambda x, _y: (x, weight * x), [(torch.ones(1, 1), torch.zeros(1))], lambda out, _y: out.sum(),
+                 optimizer, stepper=stepper)
+        moves.append(before - float(weight.detach()))
+    assert moves == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
+    assert optimizer.param_groups[0]["lr"] == 1.0 and stepper.steps == 6
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_reduced_precision_steps_train_in_fp32_weights(precision: str) -> None:
+    torch.manual_seed(1)
+    x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
+    trained = _linear_pass([f"train.precision={precision}"], [(x, y)])
+    fp32 = _linear_pass([], [(x, y)])
+    assert trained.weight.dtype == torch.float32 and torch.isfinite(trained.weight).all()
+    assert not torch.equal(trained.weight, nn.Linear(4, 3).weight)
+    assert torch.allclose(trained.weight, fp32.weight, atol=2e-2)  # the same step, rounded
+
+
+def test_a_bf16_partial_fc_epoch_trains_the_unfrozen_backbone(tiny_gldv2: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(tiny_gldv2, tmp_path, [*BACKBONE, "train.epochs=1", "train.precision=bf16",
+                                                  "model.arcface_sample_rate=0.5", "train.freeze_backbone_epochs=0"])
+    before = snapshot(trainer.model.backbone)
+    trainer.fit()
+    history = pd.read_csv(trainer.run.path / "history.csv")
+    assert np.isfinite(history["train_loss"]).all() and np.isfinite(history["val_loss"]).all()
+    assert not same(before, snapshot(trainer.model.backbone))
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+def test_ema_weights_are_the_ones_validated_and_kept(tiny_gldv2: Path, tmp_path: Path) -> None:
+    trainer = make_trainer(tiny_gldv2, tmp_path, [*BACKBONE, "train.epochs=1", "train.ema_decay=0.5"])
+    trainer.fit()
+    last = torch.load(trainer.run.path / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    best = torch.load(trainer.run.path / "checkpoints" / "best.pt", map_location="cpu", weights_only=False)
+    assert same(best["model"], snapshot(trainer.ema.module)) and same(snapshot(trainer.model), best["model"])
+    assert not same(best["model"], last["model"])  # the raw weights moved on; the average lags behind them
+    assert last["ema"] is not None and last["stepper"]["steps"] == 3  # 36 photos in batches of 16
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _recorded_batches(trainer: Trainer) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (photos, labels) of every training forward of ``trainer.model``, as they come."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    trainer.model.register_forward_pre_hook(
+        lambda module, args: seen.append((args[0].detach().clone(), args[1].clone())) if module.training else None)
+    return seen
+
+
+def test_a_mid_epoch_checkpoint_resumes_with_the_same_next_batch(tiny_gldv2: Path, tmp_path: Path) -> None:
+    """An epoch interrupted after its 2nd batch (a checkpoint after every batch) continues with the 3rd: the same
+    photos, labels and augmentation as without the interruption, and ends on the same weights."""
+    overrides = [*BACKBONE, "train.epochs=1", "train.batch_size=8", "train.checkpoint_minutes=1e-9",
+                 "augment.horizontal_flip=true", "augment.crop_scale_min=0.5", "train.freeze_backbone_epochs=0"]
+    whole = make_trainer(tiny_gldv2, tmp_path / "whole", overrides)
+    expected = _recorded_batches(whole)
+    whole.fit()
+    assert len(expected) == 5  # 36 photos in batches of 8
+
+    cut = make_trainer(tiny_gldv2, tmp_path / "cut", overrides)
+    original = cut._checkpoint_if_due
+
+    def interrupt(batches: int, totals: tuple[float, int, int], seconds: float) -> None:
+        original(batches, totals, seconds)
+        if batches == 2:
+            raise _Interrupted
+
+    cut._checkpoint_if_due = interrupt  # type: ignore[method-assign]
+    with pytest.raises(_Interrupted):
+        cut.fit()
+    state = cut.run.read_checkpoint("last")
+    assert state["resume_point"]["batches"] == 2 and state["resume_point"]["epoch"] == 1
+
+    resumed = make_trainer(tiny_gldv2, tmp_path / "resumed", overrides)
+    resumed.run = cut.run
+    resumed.restore(state)
+    seen = _recorded_batches(resumed)
+    resumed.fit()
+    assert len(seen) == 3
+    for (photos, labels), (want_photos, want_labels) in zip(seen, expected[2:]):
+        assert torch.equal(labels, want_labels) and torch.equal(photos, want_photos)
+    assert same(snapshot(resumed.model), snapshot(whole.model))
+    history = pd.read_csv(cut.run.path / "history.csv")
+    assert history["train_loss"].iloc[0] == pytest.approx(pd.read_csv(whole.run.path / "history.csv")["train_loss"].iloc[0])

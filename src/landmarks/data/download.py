@@ -120,7 +120,8 @@ def file_md5(path: Path) -> str:
 class _Downloader:
     """Shared state of one ``download_gldv2`` call: the progress bar, the report, the stop flag."""
 
-    def __init__(self, out_dir: Path, base_url: str, retries: int, progress: bool):
+    def __init__(self, out_dir: Path, base_url: str, retries: int, progress: bool, keep_tars: bool = False):
+        self.keep_tars = keep_tars
         self.out_dir = out_dir
         self.base_url = base_url
         self.retries = retries
@@ -250,6 +251,13 @@ class _Downloader:
             with self.lock:
                 if shard not in self.report.refetched:
                     self.report.refetched.append(shard)
+        if self.keep_tars:  # kept as published, for data.cache=none to stream (landmarks.data.shards)
+            kept = self.out_dir / split / name
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part, kept)
+            done.parent.mkdir(parents=True, exist_ok=True)
+            done.write_text(f"{expected}  {name}\nkept as {kept}\n")
+            return "kept as a tar"
         files = extract_shard(part, self.out_dir / split, f"{split} shard {shard:03d}")
         done.parent.mkdir(parents=True, exist_ok=True)
         done.write_text(f"{expected}  {name}\n{files} files\n")
@@ -308,10 +316,12 @@ def download_gldv2(
     workers: int = 4,
     progress: bool = True,
     retries: int = 3,
+    keep_tars: bool = False,
 ) -> DownloadReport:
     """Download GLDv2 image shards of ``split`` (all when ``shards`` is None) into ``out_dir/<split>/a/b/c/<id>.jpg``,
     md5-verified, several at once, resuming partial downloads and skipping shards an earlier run finished;
-    with ``metadata``, also the split's CSVs into ``out_dir``."""
+    with ``metadata``, also the split's CSVs into ``out_dir``; with ``keep_tars``, the verified shards stay tars in
+    ``out_dir/<split>/images_NNN.tar`` (nothing extracted)."""
     count = _shard_count(split)
     wanted = list(range(count)) if shards is None else sorted({int(s) for s in shards})
     outside = [s for s in wanted if not 0 <= s < count]
@@ -323,7 +333,7 @@ def download_gldv2(
         raise ConfigError(f"retries must be 0 or more, got {retries}.")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    downloader = _Downloader(out_dir, base_url, retries, progress)
+    downloader = _Downloader(out_dir, base_url, retries, progress, keep_tars)
     report = downloader.report
     failures: list[tuple[int, str]] = []
     try:

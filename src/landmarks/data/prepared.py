@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +12,12 @@ import pandas as pd
 from landmarks.config import Config
 from landmarks.data.catalog import INFO_COLUMNS, read_catalog
 from landmarks.data.images import ImageCache
+from landmarks.data.photos import PhotosOnRead, choose_cache
+from landmarks.data.shards import ShardIndex, find_shards
+from landmarks.errors import ConfigError
 from landmarks.data.sampling import sample_top_landmarks, stratified_split
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -21,8 +27,14 @@ class PreparedData:
     frame: pd.DataFrame  # id, path, landmark_id, class_index, split
     names: dict[int, str]
     landmark_ids: np.ndarray  # class_index -> landmark_id
-    cache: ImageCache
+    cache: ImageCache | PhotosOnRead  # the memory-mapped image cache, or photos decoded when read (data.cache=none)
     info: dict[int, dict[str, float | str]] = field(default_factory=dict)  # latitude, longitude, url, description
+    shards: ShardIndex | None = None  # the training photos' tar shards, when the data folder has them
+
+    @property
+    def streamed(self) -> bool:
+        """Training photos streamed from tar shards (not read one by one)."""
+        return self.shards is not None and isinstance(self.cache, PhotosOnRead)
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero((self.frame["split"] == split).to_numpy() & self.cache.valid)
@@ -47,12 +59,30 @@ def prepare_data(config: Config, data_dir: Path) -> PreparedData:
     split = np.empty(len(frame), dtype=object)
     split[train_idx], split[val_idx], split[test_idx] = "train", "val", "test"
     frame["split"] = split
-    cache = ImageCache.build(
-        frame["path"].tolist(), config.data.image_size_px, config.data.cache_dir, workers=max(1, config.train.workers)
-    )
+    cache = photo_source(config, Path(data_dir), frame)
     names = {int(i): catalog.name_of(int(i)) for i in landmark_ids}
     info = {int(i): catalog.info[int(i)] for i in landmark_ids if int(i) in catalog.info}
-    return PreparedData(frame, names, landmark_ids, cache, info)
+    return PreparedData(frame, names, landmark_ids, cache, info, getattr(cache, "shards", None))
+
+
+def photo_source(config: Config, data_dir: Path, frame: pd.DataFrame) -> ImageCache | PhotosOnRead:
+    """``data.cache``: the image cache (memmap) or photos decoded when read (none), from files or tar shards."""
+    shards = find_shards(data_dir, "train")
+    size = config.data.image_size_px
+    mode = choose_cache(config.data.cache, len(frame), size, config.data.cache_dir, config.data.cache_disk_share,
+                        bool(shards))
+    if shards and mode == "memmap":
+        raise ConfigError(f"{data_dir / 'train'} holds tar shards, which are streamed: set data.cache=none (or auto); "
+                          "data.cache=memmap reads extracted photos.")
+    if mode == "memmap":
+        return ImageCache.build(frame["path"].tolist(), size, config.data.cache_dir, workers=max(1, config.train.workers))
+    index = ShardIndex.scan(shards, config.data.cache_dir) if shards else None
+    photos = PhotosOnRead(frame["path"].tolist(), frame["id"].astype(str).tolist(), size, index)
+    log.info("data.cache=none: %s, decoded in the DataLoader workers every epoch; no image cache written", photos)
+    if photos.num_failed:
+        log.warning("skipped %d photos of train.csv that are %s", photos.num_failed,
+                    "in no shard" if index is not None else "missing")
+    return photos
 
 
 def labels_table(data: PreparedData) -> pd.DataFrame:

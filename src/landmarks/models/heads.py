@@ -109,44 +109,80 @@ def dynamic_margins(class_counts: np.ndarray, margin_min: float = 0.05, margin_r
 
 
 class SubCenterArcFace(nn.Module):
-    """Sub-center ArcFace (Deng et al. 2020) with a margin per class.
+    """Sub-center ArcFace (Deng et al. 2020) with a margin per class, and Partial FC for large heads.
 
     cos = max over the k sub-centres of the cosine between the embedding and each class's sub-centre.
     With labels (training), the true class's logit is cos(theta + m_c); without, all logits are plain cosines.
-    Logits are multiplied by ``scale``.
+    Logits are multiplied by ``scale``. Cosines and margins are computed in fp32, whatever autocast says.
+
+    Partial FC (An et al. 2022): with ``sample_rate`` < 1, a training step (module in train mode, labels given)
+    scores only the batch's own classes and a random share of the others, ``ceil(rate * C)`` classes in all (never
+    fewer than the batch's), each with its k sub-centres. The logits then have one column per scored class, in
+    ``sampled`` order (sorted class indices); ``targets_of`` maps the labels to those columns. At rate 1 every class
+    is scored, as without sampling.
     """
 
     def __init__(self, embedding_dim: int, num_classes: int, subcenters: int = 3, scale: float = 30.0,
-                 margins: np.ndarray | None = None):
+                 margins: np.ndarray | None = None, sample_rate: float = 1.0):
         super().__init__()
         if margins is not None and len(margins) != num_classes:
             raise ValueError(f"{len(margins)} margins for {num_classes} classes.")
+        if not 0 < sample_rate <= 1:
+            raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}.")
         self.num_classes, self.subcenters, self.scale = num_classes, subcenters, scale
+        self.sample_rate = float(sample_rate)
         self.weight = nn.Parameter(torch.empty(num_classes * subcenters, embedding_dim))
         nn.init.uniform_(self.weight, -1.0 / math.sqrt(embedding_dim), 1.0 / math.sqrt(embedding_dim))
         margins = np.full(num_classes, 0.05, np.float32) if margins is None else np.asarray(margins, np.float32)
         self.register_buffer("margins", torch.from_numpy(margins.copy()))
+        self.sampled: torch.Tensor | None = None  # the classes the last training step scored (None: all of them)
 
-    def cosine(self, embedding: torch.Tensor) -> torch.Tensor:
-        """(N, C): the cosine to each class's closest sub-centre (weight rows are class-major: row c * k + j)."""
-        cos = F.linear(F.normalize(embedding), F.normalize(self.weight))
-        return cos.view(-1, self.num_classes, self.subcenters).amax(dim=2)
+    def cosine(self, embedding: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, C): the cosine to each class's closest sub-centre (weight rows are class-major: row c * k + j); with
+        ``classes``, (N, len(classes)) for those classes only. In fp32 (autocast off)."""
+        weight = self.weight
+        if classes is not None:
+            weight = weight.view(self.num_classes, self.subcenters, -1)[classes].reshape(-1, weight.shape[1])
+        with torch.autocast(embedding.device.type, enabled=False):
+            cos = F.linear(F.normalize(embedding.float()), F.normalize(weight.float()))
+        return cos.view(len(embedding), -1, self.subcenters).amax(dim=2)
+
+    def sample_classes(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """Partial FC's classes for a batch: its own, then others drawn at random up to ``ceil(rate * C)``, sorted;
+        None when that is every class."""
+        wanted = math.ceil(self.sample_rate * self.num_classes)
+        if wanted >= self.num_classes:
+            return None
+        scores = torch.rand(self.num_classes, device=labels.device)
+        scores[labels] = 2.0  # the batch's classes first (insightface's PartialFC_V2 draws them so)
+        wanted = max(wanted, int(labels.unique().numel()))
+        return torch.topk(scores, wanted, sorted=False).indices.sort().values
+
+    def targets_of(self, labels: torch.Tensor) -> torch.Tensor:
+        """The labels as columns of the last training step's logits (themselves when every class was scored)."""
+        return labels if self.sampled is None else torch.searchsorted(self.sampled, labels)
 
     def forward(self, embedding: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """Scaled logits (N, C); the margin is applied to the true class only, and only when labels are given."""
-        cos = self.cosine(embedding)
+        """Scaled logits (N, C); the margin is applied to the true class only, and only when labels are given.
+        A training step with ``sample_rate`` < 1 scores only ``sampled`` classes (see the class)."""
+        self.sampled = None
         if labels is None:
-            return self.scale * cos
-        return self.scale * self.apply_margin(cos, labels)
+            return self.scale * self.cosine(embedding)
+        if self.training and self.sample_rate < 1:
+            self.sampled = self.sample_classes(labels)
+        cos = self.cosine(embedding, self.sampled)
+        margins = self.margins if self.sampled is None else self.margins[self.sampled]
+        return self.scale * self.apply_margin(cos, self.targets_of(labels), margins)
 
-    def apply_margin(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Replace the true class's cos(theta) by cos(theta + m) (cos - m sin(m) past pi - m, to stay monotonic)."""
-        m = self.margins[labels].unsqueeze(1)
+    def apply_margin(self, cos: torch.Tensor, labels: torch.Tensor, margins: torch.Tensor | None = None) -> torch.Tensor:
+        """Replace the true class's cos(theta) by cos(theta + m) (cos - m sin(m) past pi - m, to stay monotonic).
+        ``labels`` index the columns of ``cos``, ``margins`` (default: every class's) hold one margin per column."""
+        m = (self.margins if margins is None else margins)[labels].unsqueeze(1).float()
         cos = cos.float()
         # sin(theta) >= 0 for theta in [0, pi]; the clamp keeps the gradient finite at cos = +-1.
         sin = torch.sqrt((1.0 - cos.pow(2)).clamp(min=1e-12))
         phi = cos * torch.cos(m) - sin * torch.sin(m)  # cos(theta + m)
         # Past theta = pi - m, cos(theta + m) would rise again; the winners' fallback keeps it decreasing.
         phi = torch.where(cos > torch.cos(math.pi - m), phi, cos - torch.sin(math.pi - m) * m)
-        one_hot = F.one_hot(labels, self.num_classes).to(cos.dtype)
+        one_hot = F.one_hot(labels, cos.shape[1]).to(cos.dtype)
         return one_hot * phi + (1.0 - one_hot) * cos

@@ -34,7 +34,8 @@ class ArcFaceHead(nn.Module):
             if len(class_counts) != num_classes:
                 raise ValueError(f"class_counts has {len(class_counts)} entries for {num_classes} classes.")
             margins = dynamic_margins(class_counts, cfg.arcface_margin_min, cfg.arcface_margin_range)
-        self.arcface = SubCenterArcFace(cfg.embedding_dim, num_classes, cfg.arcface_subcenters, cfg.arcface_scale, margins)
+        self.arcface = SubCenterArcFace(cfg.embedding_dim, num_classes, cfg.arcface_subcenters, cfg.arcface_scale, margins,
+                                       cfg.arcface_sample_rate)
         self.descriptor_stage = cfg.descriptor_stage if cfg.descriptor_dims else None
         self.descriptor_pool = GeM(trainable=False) if self.descriptor_stage is not None else None
         self.descriptor = (WhitenedDescriptor(descriptor_features or in_features, cfg.descriptor_dims,

@@ -57,6 +57,8 @@ class ModelConfig(Section):
     arcface_subcenters: int = 3
     arcface_margin_min: float = 0.05  # radians; per-class margin = min + range * normalised(count^-1/4)
     arcface_margin_range: float = 0.45
+    # Partial FC: a training step scores the batch's own classes and this share of all the classes (1: every class)
+    arcface_sample_rate: float = Field(1.0, gt=0, le=1)
     descriptor_dims: int = Field(0, ge=0)  # glr/arcface: whitened pooled features appended to the embedding (0: off)
     descriptor_weight: float = Field(1.0, gt=0)  # their length next to the unit-length neck embedding
     # the backbone level (timm feature_info index) whose GeM-pooled output the descriptor whitens; none: the final
