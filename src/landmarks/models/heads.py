@@ -145,7 +145,8 @@ class SubCenterArcFace(nn.Module):
             weight = weight.view(self.num_classes, self.subcenters, -1)[classes].reshape(-1, weight.shape[1])
         with torch.autocast(embedding.device.type, enabled=False):
             cos = F.linear(F.normalize(embedding.float()), F.normalize(weight.float()))
-        return cos.view(len(embedding), -1, self.subcenters).amax(dim=2)
+        columns = self.num_classes if classes is None else int(classes.numel())  # not the batch: ONNX keeps it dynamic
+        return cos.view(-1, columns, self.subcenters).amax(dim=2)
 
     def sample_classes(self, labels: torch.Tensor) -> torch.Tensor | None:
         """Partial FC's classes for a batch: its own, then others drawn at random up to ``ceil(rate * C)``, sorted;
