@@ -148,7 +148,7 @@ LANDMARKS_DATA=../shared/data/landmarks-mini .venv/bin/python benchmarks/bench_t
 | image cache (warm: read, not decoded) | {sec(cache_seconds)} |
 | **training, wall** (`landmarks train`) | **{sec(train_seconds)}** |
 | - backbone pass (every photo and its mirror image, once) | {sec(backbone)} |
-| - head epochs on the cached feature maps ({len(history)} epochs, early stop) | {sec(epochs_seconds)} |
+| - epochs ({len(history)}, early stop; the first includes the backbone pass, the others run on its cached feature maps) | {sec(epochs_seconds)} |
 | - finishing (index, descriptor, held-out metrics, calibration, plots) | {sec(finishing)} |
 | - of which the calibration ({'six calibration models'}) | {sec(calibration)} |
 | **prediction pass** (`landmarks predict`, {predict_rate:.1f} photos/s) | **{sec(predict_seconds)}** |
