@@ -22,6 +22,7 @@ from landmarks.data.catalog import NO_LANDMARK
 from landmarks.data.images import decode_image_bytes, without_metadata
 from landmarks.errors import ImageError
 from landmarks.recognize.centres import reference_fingerprint
+from landmarks.recognize.confidence import teaching_outlook
 from landmarks.recognize.geo import Location, read_exif_location
 from landmarks.recognize.recognizer import Prediction, Recognizer
 from landmarks.serve.limits import RateLimiter, ReadWriteLock
@@ -120,6 +121,26 @@ class Service:
             rows = [(i, n, index.count_of(i) if index is not None else 0, i in self.enrolled)
                     for i, n in self.recognizer.names.items()]
         return sorted(rows, key=lambda row: row[1].lower())
+
+    def landmark_entries(self) -> list[dict[str, Any]]:
+        """``landmarks()`` with what /landmarks shows of each: its facts, class centres and teaching outlook."""
+        calibration = self.recognizer.calibration
+        entries = []
+        for landmark_id, name, references, enrolled in self.landmarks():
+            outlook = teaching_outlook(calibration, references, enrolled)
+            entries.append({"landmark_id": landmark_id, "name": name, "references": references, "enrolled": enrolled,
+                            "info": self.recognizer.info_of(landmark_id), "expected_coverage": outlook.expected_coverage,
+                            "class_centres": len(self.recognizer.centres.get(landmark_id, ())),
+                            "note": outlook.sentence() if enrolled else None})
+        return entries
+
+    def info_of(self, landmark_id: int) -> dict[str, Any]:
+        """A landmark's facts (location, link) for an answer."""
+        return self.recognizer.info_of(landmark_id)
+
+    @property
+    def min_confidence(self) -> float:
+        return self.recognizer.config.min_confidence
 
     def health(self) -> dict[str, Any]:
         with self.index_lock.read():

@@ -8,7 +8,6 @@ from fastapi import APIRouter, Depends, File, Form, UploadFile
 from fastapi.responses import HTMLResponse
 
 from landmarks.data.catalog import NO_LANDMARK, NO_LANDMARK_NAME
-from landmarks.recognize.confidence import teaching_outlook
 from landmarks.recognize.geo import Location
 from landmarks.recognize.recognizer import Prediction, Recognizer
 from landmarks.serve.deps import get_actor, get_service, require_suggester
@@ -63,7 +62,7 @@ def page() -> str:
 def health(service: Service = Depends(get_service)) -> HealthOut:
     settings = service.settings
     return HealthOut(status="ok", open=settings.open, access=access_note(service), retention=settings.retention_note(),
-                     min_confidence=service.recognizer.config.min_confidence,
+                     min_confidence=service.min_confidence,
                      confidence=confidence_note(service.recognizer),
                      anonymous_suggestions=settings.allow_anonymous_suggestions,
                      limits={"predict_per_minute": settings.predict_per_minute,
@@ -94,8 +93,8 @@ def predict(photo: UploadFile = File(...), top_k: int = Form(3),
     location = Location(latitude, longitude) if latitude is not None else None
     data = service.sizes.read(photo)
     upload_id, prediction = service.predict(data, photo.filename or "the upload", actor, location)
-    return prediction_out(upload_id, prediction, max(1, min(top_k, 10)), service.recognizer.config.min_confidence,
-                          service.recognizer.info_of(prediction.landmark_id))
+    return prediction_out(upload_id, prediction, max(1, min(top_k, 10)), service.min_confidence,
+                          service.info_of(prediction.landmark_id))
 
 
 @router.post("/feedback", response_model=FeedbackOut, max_body_size=JSON_BODY_BYTES)
@@ -106,14 +105,7 @@ def feedback(body: FeedbackIn, actor: Actor = Depends(require_suggester), servic
 
 @router.get("/landmarks", response_model=list[LandmarkOut])
 def landmarks(service: Service = Depends(get_service)) -> list[LandmarkOut]:
-    recognizer = service.recognizer
-    out = []
-    for i, n, c, e in service.landmarks():
-        outlook = teaching_outlook(recognizer.calibration, c, e)
-        out.append(LandmarkOut(landmark_id=i, name=n, references=c, enrolled=e, info=LandmarkInfo(**recognizer.info_of(i)),
-                               expected_coverage=outlook.expected_coverage, class_centres=len(recognizer.centres.get(i, ())),
-                               note=outlook.sentence() if e else None))
-    return out
+    return [LandmarkOut(**{**entry, "info": LandmarkInfo(**entry["info"])}) for entry in service.landmark_entries()]
 
 
 @router.post("/landmarks", response_model=EnrolOut)
