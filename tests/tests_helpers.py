@@ -201,6 +201,7 @@ def described_features(model: LandmarkModel, images: torch.Tensor) -> torch.Tens
 
 
 PURPLE = (150, 20, 200)
+UNLIMITED = dict(predict_per_minute=0, suggestions_per_hour=0, max_pending_per_client=0)  # no rate limits
 
 
 def jpeg(colour: tuple[int, int, int], seed: int = 0, size: tuple[int, int] = (48, 40)) -> bytes:

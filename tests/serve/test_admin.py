@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -17,13 +16,6 @@ from landmarks.serve.routers import access, references, review
 from landmarks.serve.settings import Settings
 from landmarks.store import STORE_FILE
 from tests_helpers import PURPLE, bearer, jpeg, photo_files
-
-
-@pytest.fixture
-def run(tiny_run_dir: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(tiny_run_dir, copy)
-    return copy
 
 
 def test_token_create_list_revoke_through_the_cli(run: Path, capsys):

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from tests_helpers import PURPLE, bearer, jpeg, photo_files, running_server
+from tests_helpers import PURPLE, UNLIMITED, bearer, jpeg, photo_files, running_server
 
 from landmarks.data.images import decode_image_bytes
 from landmarks.recognize.geo import read_exif_location
@@ -29,16 +29,6 @@ from landmarks.serve.admin import create_token, revoke_token
 from landmarks.serve.app import create_app
 from landmarks.serve.settings import Settings
 from landmarks.store import STORE_FILE
-
-UNLIMITED = dict(predict_per_minute=0, suggestions_per_hour=0, max_pending_per_client=0)
-
-
-@pytest.fixture
-def run(tiny_run_dir: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(tiny_run_dir, copy)
-    return copy
-
 
 @pytest.fixture
 def tokens(run: Path) -> dict[str, str]:

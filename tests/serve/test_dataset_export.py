@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
-import pytest
 from fastapi.testclient import TestClient
 
 from landmarks.cli import main
@@ -15,13 +13,6 @@ from landmarks.serve.admin import create_token
 from landmarks.serve.app import create_app
 from landmarks.serve.settings import Settings
 from tests_helpers import PURPLE, bearer, photo_files
-
-
-@pytest.fixture
-def run(tiny_run_dir: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(tiny_run_dir, copy)
-    return copy
 
 
 def test_export_merges_approved_photos_with_the_base_minus_what_was_removed(run: Path, tiny_run_dir: Path, tmp_path: Path, capsys):

@@ -5,28 +5,16 @@ from __future__ import annotations
 
 import json
 import select
-import shutil
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-import pytest
 from fastapi.testclient import TestClient
-from tests_helpers import bearer, jpeg, running_server
+from tests_helpers import UNLIMITED, bearer, jpeg, running_server
 
 from landmarks.serve.admin import create_token
 from landmarks.serve.app import create_app
 from landmarks.serve.settings import JSON_BODY_BYTES, MB, Settings
-
-UNLIMITED = dict(predict_per_minute=0, suggestions_per_hour=0, max_pending_per_client=0)
-
-
-@pytest.fixture
-def run(tiny_run_dir: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "run"
-    shutil.copytree(tiny_run_dir, copy)
-    return copy
-
 
 def _raw_request(url: str, head: str, chunks: int, chunk_bytes: int, preamble: bytes = b"") -> tuple[str, int]:
     """Send ``head`` (and ``preamble``, the body's first chunk) then up to ``chunks`` chunks of a chunked body until
