@@ -61,14 +61,10 @@ def _seconds(pattern: str, lines: list[tuple[float, str]]) -> float | None:
 
 def bare_model(onnx_path: Path, photos: list[Path], threads: int = 2, batch_size: int = 32) -> float:
     """Photos per second of model.onnx in ONNX Runtime on photos decoded beforehand, photo and mirror image."""
-    import onnxruntime as ort
-
     from landmarks.data.images import decode_image
+    from landmarks.recognize.embed import onnx_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    session = onnx_session(onnx_path, threads)
     size = int(session.get_inputs()[0].shape[1])
     pixels = np.stack([decode_image(p, size) for p in photos])
     session.run(None, {"images": pixels[:2]})  # warm-up

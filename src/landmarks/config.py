@@ -80,6 +80,8 @@ class TrainConfig(Section):
     freeze_backbone_epochs: int = 0  # glr/classifier: train only the head for this many epochs (-1: always)
     backbone_lr_scale: float = Field(1.0, gt=0)  # backbone lr = lr * scale once unfrozen (was backbone_lr_factor)
     cache_features: bool = True  # while the backbone is frozen, compute its feature maps once per view
+    # where the frozen backbone's one pass runs: auto = ONNX Runtime on a CPU (4x eager PyTorch for glr), PyTorch on a GPU
+    frozen_backbone_runtime: Literal["auto", "onnxruntime", "torch"] = "auto"
     feature_views: int = 1  # augmented views of the training set cached while frozen (epoch e uses view e % views)
     label_smoothing: float = 0.0
     precise_bn_batches: int = 0  # >0: after each epoch recompute BatchNorm statistics on this many clean training batches

@@ -26,8 +26,10 @@ def _model(stage: int | None):
                                    descriptor_dims=4, descriptor_stage=stage), num_classes=3, image_size_px=32).eval()
 
 
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
 @pytest.mark.parametrize("stage", [None, 2])
-def test_one_pass_gives_what_capture_pooled_records_while_the_model_embeds_photo_and_mirror(stage: int | None) -> None:
+def test_one_pass_gives_what_capture_pooled_records_while_the_model_embeds_photo_and_mirror(
+        stage: int | None, runtime: str) -> None:
     model = _model(stage)
     with torch.no_grad():
         model.head.pool.p.fill_(2.5)  # a trained GeM p: the maps are pooled with it, not with the starting 3
@@ -36,7 +38,7 @@ def test_one_pass_gives_what_capture_pooled_records_while_the_model_embeds_photo
     with capture_pooled(model) as calls:
         expected_embeddings, expected_logits = TorchEmbedder(model, tta_flip=True)(photos[positions])
     (expected,) = pooled_views(calls, [len(positions)], tta_flip=True)
-    views = backbone_views(model, _Cache(photos), positions, np.arange(len(positions)), batch_size=2)
+    views = backbone_views(model, _Cache(photos), positions, np.arange(len(positions)), batch_size=2, runtime=runtime)
     assert views.maps.shape[:2] == (5, 2) and views.maps.dtype == torch.float16
     assert (views.described is None) is (stage is None)
     pooled = pooled_features(model, views)
@@ -72,3 +74,24 @@ def test_an_epoch_draws_photo_or_mirror_per_photo_and_validation_takes_the_photo
 ])
 def test_flips_only(augment: dict, expected: bool) -> None:
     assert flips_only(AugmentConfig(**augment)) is expected
+
+
+def test_auto_falls_back_to_pytorch_when_the_graph_cannot_be_written(monkeypatch: pytest.MonkeyPatch,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    import landmarks.train.features as features
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no such op")
+
+    monkeypatch.setattr(features, "write_onnx", refuse)
+    model = _model(2)
+    photos = np.random.default_rng(2).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected, expected_tapped = model.feature_maps(torch.from_numpy(photos).permute(0, 3, 1, 2).float() / 255)
+    run = features.backbone_runner(model, 32, "auto")
+    assert "runs in PyTorch" in caplog.text
+    feature_map, tapped = run(photos)
+    torch.testing.assert_close(feature_map, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(tapped, expected_tapped, atol=1e-4, rtol=1e-4)
+    with pytest.raises(RuntimeError, match="no such op"):
+        features.backbone_runner(model, 32, "onnxruntime")

@@ -5,27 +5,23 @@ Running the exported file is ``landmarks.recognize.embed.OnnxEmbedder``'s job; t
 
 from __future__ import annotations
 
-import copy
 import logging
-import warnings
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-from timm.layers.padding import get_same_padding
 from torch import nn
 
 from landmarks.data.images import decode_image
 from landmarks.errors import DataError
 from landmarks.evaluate.metrics import accuracy, global_average_precision
+from landmarks.models.onnx_graph import with_static_padding, write_onnx
 from landmarks.recognize.embed import EMBEDDING, INPUT, LOGITS, OnnxEmbedder, TorchEmbedder
 from landmarks.recognize.recognizer import Recognizer
 from landmarks.run_folder import RunFolder
-from landmarks.utils import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -43,75 +39,11 @@ class ExportWrapper(nn.Module):
         return F.normalize(embedding, dim=1), logits
 
 
-class StaticSameConv(nn.Module):
-    """A TF-style 'same' convolution (timm's ``Conv2dSame``) with its padding fixed for one input size.
-
-    timm computes that padding from the input's shape at run time, which the ONNX graph keeps as a chain of
-    Shape/Gather/Ceil ops and a dynamic Pad that ONNX Runtime can neither fold nor keep in its blocked conv
-    layout (Lite0: Pad and the layout reorders around it were a third of the run time). A constant Pad is
-    folded into the Conv's (asymmetric) pads by ONNX Runtime.
-    """
-
-    def __init__(self, conv: nn.Conv2d, pads: tuple[int, int, int, int]):
-        super().__init__()
-        self.conv = conv
-        self.pads = pads
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.conv
-        return F.conv2d(F.pad(x, self.pads), c.weight, c.bias, c.stride, 0, c.dilation, c.groups)
-
-
-def with_static_padding(model: nn.Module, size_px: int) -> nn.Module:
-    """A copy of ``model`` whose dynamic 'same' convolutions are fixed for ``size_px`` x ``size_px`` inputs."""
-    model = copy.deepcopy(model).eval()
-    same = {name: m for name, m in model.named_modules() if type(m).__name__ == "Conv2dSame"}
-    if not same:
-        return model
-    shapes: dict[str, tuple[int, int]] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: shapes.__setitem__(name, tuple(args[0].shape[-2:])))
-             for name, m in same.items()]
-    with torch.inference_mode():
-        model(torch.zeros(1, 3, size_px, size_px))
-    for hook in hooks:
-        hook.remove()
-    for name, conv in same.items():
-        (ih, iw), (kh, kw) = shapes[name], conv.weight.shape[-2:]
-        pad_h = get_same_padding(ih, kh, conv.stride[0], conv.dilation[0])
-        pad_w = get_same_padding(iw, kw, conv.stride[1], conv.dilation[1])
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, StaticSameConv(conv, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)))
-    return model
-
-
-def export_onnx(model: nn.Module, out_path: Path, opset: int = 17) -> Path:
+def export_onnx(model: nn.Module, out_path: Path) -> Path:
     """Write ``model.onnx`` with a dynamic batch axis (written to a temporary file, then renamed)."""
     size = int(model.input_size_px)
-    model = with_static_padding(model.eval(), size)
-    dummy = torch.zeros(2, size, size, 3, dtype=torch.uint8)
-    with atomic_path(out_path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            ExportWrapper(model), (dummy,), str(tmp), input_names=[INPUT], output_names=[EMBEDDING, LOGITS],
-            dynamic_axes={INPUT: {0: "batch"}, EMBEDDING: {0: "batch"}, LOGITS: {0: "batch"}}, opset_version=opset,
-            dynamo=False,
-        )
-        _drop_empty_trailing_inputs(tmp)
-    return out_path
-
-
-def _drop_empty_trailing_inputs(path: Path) -> None:
-    """Remove the empty optional inputs the exporter leaves at the end of nodes (``Pad(x, pads, "")``).
-
-    ONNX Runtime's Pad -> Conv fusion refuses a Pad whose third input is present but empty; without it the
-    constant zero padding of 'same' convolutions is folded into the Conv.
-    """
-    model = onnx.load(str(path))
-    for node in model.graph.node:
-        while len(node.input) and node.input[-1] == "":
-            node.input.pop()
-    onnx.save(model, str(path))
+    wrapped = ExportWrapper(with_static_padding(model.eval(), size))
+    return write_onnx(wrapped, torch.zeros(2, size, size, 3, dtype=torch.uint8), out_path, INPUT, [EMBEDDING, LOGITS])
 
 
 CALIBRATION_PHOTOS = 128  # training photos whose activation ranges set the int8 scales

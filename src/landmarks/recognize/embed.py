@@ -69,15 +69,20 @@ class TorchEmbedder:
         return l2_normalize(np.concatenate(embeddings)), np.concatenate(logits).astype(np.float32)
 
 
+def onnx_session(onnx_path: Path, threads: int | None = None) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session with every graph optimisation, on ``threads`` (default: every core)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # int8 graphs: one warning per constant the QDQ fusion leaves unused
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
 class OnnxEmbedder:
     """Runs model.onnx in ONNX Runtime on uint8 NHWC photos."""
 
     def __init__(self, onnx_path: Path, tta_flip: bool = False, threads: int | None = None):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # int8 graphs: one warning per constant the QDQ fusion leaves unused
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = onnx_session(onnx_path, threads)
         shape = self.session.get_inputs()[0].shape
         self.input_size_px = int(shape[1])
         self.tta_flip = tta_flip

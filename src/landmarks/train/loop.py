@@ -24,7 +24,7 @@ from landmarks.models.landmark_model import LandmarkModel
 from landmarks.models.meta import model_meta
 from landmarks.models.registry import build_model
 from landmarks.train import distributed
-from landmarks.train.features import PHOTO_AND_MIRROR, SplitViews, backbone_views, flips_only
+from landmarks.train.features import PHOTO_AND_MIRROR, SplitViews, backbone_runner, backbone_views, flips_only
 from landmarks.run_folder import RunFolder
 from landmarks.utils import progress
 
@@ -335,10 +335,12 @@ class Trainer:
             splits = ("train", "val", "test") if self.config.train.freeze_backbone_epochs < 0 else ("train", "val")
             classes = self.data.frame["class_index"].to_numpy()
             started = time.monotonic()
+            runner = backbone_runner(self.model, self.config.data.image_size_px,
+                                     self.config.train.frozen_backbone_runtime, self.device)
             for split in splits:
                 positions = self.data.indices(split)
                 self.views[split] = backbone_views(self.model, self.data.cache, positions, classes[positions],
-                                                   PHOTO_AND_MIRROR, device=self.device, desc=f"backbone {split}")
+                                                   PHOTO_AND_MIRROR, desc=f"backbone {split}", runner=runner)
             log.info("backbone pass over %d photos and their mirror images: %.1fs",
                      sum(len(v.labels) for v in self.views.values()), time.monotonic() - started)
         return self.views if self.config.train.freeze_backbone_epochs < 0 else None
