@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_inference import ensure_run  # noqa: E402
-from common import data_dir, write_section  # noqa: E402
+from common import data_dir, served, write_section  # noqa: E402
 
 import httpx  # noqa: E402
 
@@ -36,23 +34,7 @@ def main() -> None:
     data = data_dir()
     run = ensure_run(args.run, data)
     photos = [p.read_bytes() for p in sorted((data / "test").rglob("*.jpg"))]
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    landmarks = Path(sys.executable).with_name("landmarks")
-    server = subprocess.Popen([str(landmarks), "serve", str(run), "--port", str(port), "--predict-per-minute", "0"],
-                              stdout=subprocess.DEVNULL,  # one client sends every request: no per-client limit
-                              stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            raise SystemExit("the server did not start: " + server.stderr.read().decode()[-2000:])
+    with served(run) as (base, _):
         client = httpx.Client(base_url=base, timeout=60, limits=httpx.Limits(max_connections=args.concurrency))
 
         def one(i: int) -> tuple[float, int]:
@@ -66,9 +48,6 @@ def main() -> None:
         with ThreadPoolExecutor(args.concurrency) as pool:
             results = list(pool.map(one, range(args.requests)))
         seconds = time.perf_counter() - started
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     latencies = sorted(r[0] for r in results)
     errors = sum(1 for r in results if r[1] != 200)
     p99 = latencies[int(0.99 * (len(latencies) - 1))]

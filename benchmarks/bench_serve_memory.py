@@ -13,10 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import socket
-import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_section  # noqa: E402
+from common import served, write_section  # noqa: E402
 
 SIDE_PX = 9400
 CLIENTS = 8
@@ -50,34 +47,16 @@ def memory_mb(pid: int, field: str) -> float:
 
 
 def measure(run: Path, src: Path, photo: bytes) -> dict[str, float]:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(src)}
-    server = subprocess.Popen([sys.executable, "-m", "landmarks.cli", "serve", str(run), "--port", str(port),
-                               "--predict-per-minute", "0"],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(base + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        else:
-            raise SystemExit("the server did not start: " + server.stderr.read().decode()[-2000:])
-        idle = memory_mb(server.pid, "VmRSS")
+    with served(run, env=env) as (base, pid):
+        idle = memory_mb(pid, "VmRSS")
 
         def one(i: int) -> int:
             return httpx.post(base + "/predict", files={"photo": (f"{i}.jpg", photo, "image/jpeg")}, timeout=300).status_code
 
         with ThreadPoolExecutor(CLIENTS) as pool:
             statuses = list(pool.map(one, range(CLIENTS)))
-        return {"idle_mb": idle, "peak_mb": memory_mb(server.pid, "VmHWM"), "ok": sum(s == 200 for s in statuses)}
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+        return {"idle_mb": idle, "peak_mb": memory_mb(pid, "VmHWM"), "ok": sum(s == 200 for s in statuses)}
 
 
 def main() -> None:

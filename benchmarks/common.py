@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import platform
 import re
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -54,6 +59,38 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextlib.contextmanager
+def served(run: Path, *options: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, int]]:
+    """``landmarks serve RUN`` on a free loopback port, without a per-client predict limit: (its base URL, its pid)
+    once it answers /health; stopped when the block ends."""
+    import httpx
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "landmarks.cli", "serve", str(run), "--port", str(port),
+                               "--predict-per-minute", "0", *options],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(base + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if server.poll() is not None:
+                    break
+                time.sleep(0.2)
+        else:
+            raise SystemExit("the server did not start in 2 minutes")
+        if server.poll() is not None:
+            raise SystemExit("the server did not start: " + server.stderr.read().decode()[-2000:])
+        yield base, server.pid
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def add_preset_run_arguments(parser: argparse.ArgumentParser) -> None:
