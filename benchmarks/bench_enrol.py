@@ -46,6 +46,19 @@ TITLE = "Teaching new landmarks through the web service (bench_enrol.py, {preset
 OPEN_UNLIMITED = dict(open=True, predict_per_minute=0, suggestions_per_hour=0, max_pending_per_client=0)
 
 
+MIN_DRAWN_PHOTOS = 25  # a drawn landmark has photos for 10 teaching photos and at least 15 questions
+
+
+def landmarks_to_teach(catalog, count: int, draw: int) -> list[int]:
+    """The ``count`` landmarks with the most photos (``draw`` 0), or ``count`` drawn at random (seed ``draw``) among
+    those with at least ``MIN_DRAWN_PHOTOS`` photos."""
+    counts = catalog.frame["landmark_id"].value_counts()
+    if not draw:
+        return [int(i) for i in counts.index[:count]]
+    eligible = np.sort(counts.index[counts >= MIN_DRAWN_PHOTOS].to_numpy())
+    return [int(i) for i in np.random.default_rng(draw).choice(eligible, size=count, replace=False)]
+
+
 def run_folder(args: argparse.Namespace, catalog, held_out: list[int], tmp: Path) -> Path:
     """The run trained without the held-out landmarks: ``--run`` when it holds one, else trained (into ``--run``)."""
     run_dir = Path(args.run) if args.run else tmp / "run"
@@ -165,6 +178,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="baseline-knn")
     parser.add_argument("--landmarks", type=int, default=5, help="landmarks left out of training, then enrolled")
+    parser.add_argument("--draw", type=int, default=0, help="0: the landmarks with the most photos; N: landmarks "
+                                                            f"drawn at random (seed N) among those with {MIN_DRAWN_PHOTOS}+ photos")
     parser.add_argument("--photos", type=int, nargs="+", default=[3, 5, 10], help="photos each is enrolled from")
     parser.add_argument("--run", help="the run folder trained without those landmarks: reused when it holds one, "
                                       "else trained there")
@@ -177,8 +192,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     data = data_dir()
     catalog = read_catalog(data)
-    counts = catalog.frame["landmark_id"].value_counts()
-    held_out = [int(i) for i in counts.index[: args.landmarks]]
+    held_out = landmarks_to_teach(catalog, args.landmarks, args.draw)
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = run_folder(args, catalog, held_out, Path(tmp))
         recognizer = Recognizer.load(run_dir, trained_only=True)
@@ -196,7 +210,7 @@ def main() -> None:
     body = report(args, rows, trained_what, scoring, run_dir)
     print(body)
     if args.write:
-        write_section(TITLE.format(preset=args.preset), body)
+        write_section(TITLE.format(preset=args.preset) + (f", draw {args.draw}" if args.draw else ""), body)
 
 
 def report(args: argparse.Namespace, rows: list[dict], trained_what: str, scoring, run_dir: Path) -> str:
@@ -220,12 +234,15 @@ def report(args: argparse.Namespace, rows: list[dict], trained_what: str, scorin
     fitted = "not calibrated" if calibration is None else (
         f"calibration `{calibration.method}` fitted on {', '.join(f'{v} {k}' for k, v in calibration.fitted_on.items() if isinstance(v, int))}, "
         f"threshold {scoring.recognize.min_confidence:.3f}")
+    which = (f"landmarks-mini's {args.landmarks} largest landmarks" if not args.draw else
+             f"{args.landmarks} landmarks drawn at random (seed {args.draw}) among those with {MIN_DRAWN_PHOTOS}+ photos")
     queries = (f"each landmark asked about the same {args.max_queries} of its other photos" if args.max_queries
                else "all its other photos asked")
     command = ("LANDMARKS_DATA=../shared/data/landmarks-mini .venv/bin/python benchmarks/bench_enrol.py --write "
-               f"--preset {args.preset} --photos {' '.join(map(str, args.photos))} --max-queries {args.max_queries} --run RUN_DIR")
+               f"--preset {args.preset} --photos {' '.join(map(str, args.photos))} --max-queries {args.max_queries}"
+               f"{f' --draw {args.draw}' if args.draw else ''} --run RUN_DIR")
     return (
-        f"`{args.preset}` run trained without landmarks-mini's {args.landmarks} largest landmarks ({fitted}); for each "
+        f"`{args.preset}` run trained without {which} ({fitted}); for each "
         f"number of teaching photos ({queries}) a fresh copy is served and each of the {args.landmarks} landmarks enrolled through "
         f"`POST /landmarks` from that many of its photos (no retraining; class centres imprinted from them where the "
         f"head is a cosine classifier); its other photos are then asked. Trained landmarks: {trained_what} "

@@ -278,3 +278,10 @@ def test_teaching_is_replayed_on_a_run_whose_weights_never_saw_its_photos():
     assert samples.source.tolist() == [TAUGHT, TAUGHT] and samples.taught_photos.tolist() == [3, 3]
     assert samples.correct.all() and samples.answer_taught.all() and samples.is_landmark.all()
     assert samples.features[:, 0] == pytest.approx([1.0, 1.0], abs=0.02)  # its nearest kept photo is close
+
+
+def test_teaching_counts_stay_at_3_5_and_10_and_leave_a_photo_to_ask() -> None:
+    from landmarks.train.open_set import teaching_count
+
+    assert teaching_count(10, 30) == 10 and teaching_count(10, 10) == 5 and teaching_count(5, 6) == 5
+    assert teaching_count(5, 5) == 3 and teaching_count(3, 4) == 3 and teaching_count(3, 3) is None

@@ -208,6 +208,14 @@ def concatenate_samples(parts: Sequence[CalibrationSamples]) -> CalibrationSampl
                                 ("features", "correct", "is_landmark", "source", "taught_photos", "answer_taught")))
 
 
+def teaching_count(wanted: int, photos: int) -> int | None:
+    """How many of a landmark's ``photos`` teach it: ``wanted``, or the largest of ``TAUGHT_PHOTOS`` below it that
+    leaves a photo to ask about (None when not even the fewest does), so that the figures per number of teaching
+    photos stay at 3, 5 and 10."""
+    fitting = [n for n in TAUGHT_PHOTOS if n <= wanted and n < photos]
+    return max(fitting) if fitting else None
+
+
 def taught_leave_out_samples(probe: LeaveOutRecognizer, queries: tuple[np.ndarray, np.ndarray, np.ndarray],
                              seed: int) -> CalibrationSamples:
     """Teaching replayed on a run whose weights never saw its reference photos (query i is reference i): each
@@ -220,8 +228,8 @@ def taught_leave_out_samples(probe: LeaveOutRecognizer, queries: tuple[np.ndarra
     parts = []
     for number, landmark_id in enumerate(np.unique(true[true >= 0])):
         photos = rng.permutation(np.flatnonzero(true == landmark_id))
-        count = min(TAUGHT_PHOTOS[number % len(TAUGHT_PHOTOS)], len(photos) - 1)
-        if count < 1:
+        count = teaching_count(TAUGHT_PHOTOS[number % len(TAUGHT_PHOTOS)], len(photos))
+        if count is None:
             continue
         asked = photos[count:]
         keep = np.ones(len(vectors), bool)
@@ -555,9 +563,9 @@ def teach_hidden(probe: Recognizer, model: PooledArcFace, pooled: np.ndarray, la
     parts = []
     for number, landmark_id in enumerate(taught):
         photos = rng.permutation(np.flatnonzero(labels == landmark_id))
-        count = min(TAUGHT_PHOTOS[(number + int(rng.integers(len(TAUGHT_PHOTOS)))) % len(TAUGHT_PHOTOS)],
-                    len(photos) - 1)
-        if count < 1:
+        count = teaching_count(TAUGHT_PHOTOS[(number + int(rng.integers(len(TAUGHT_PHOTOS)))) % len(TAUGHT_PHOTOS)],
+                               len(photos))
+        if count is None:
             continue
         embeddings, _ = model(pooled[photos[:count]])
         probe.add_references(embeddings, [f"taught:{landmark_id}:{i}" for i in range(count)], int(landmark_id))
