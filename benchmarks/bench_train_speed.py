@@ -9,7 +9,9 @@ Measured one after the other on the same machine, so that their ratios hold howe
 4. the prediction pass: ``landmarks predict RUN DATA/train`` (wall time; photo and mirror image, as the run
    predicts), every training photo decoded from its JPEG;
 5. the bare model: the run's model.onnx in ONNX Runtime (2 threads) on photos decoded beforehand (uint8 NHWC at the
-   model's size), batches of 32, photo and mirror image.
+   model's size), batches of 32, photo and mirror image;
+6. ``POST /predict`` of ``landmarks serve RUN`` on loopback: the same photos as the bare model, two at a time (the
+   client shares the cores), whose answers must be the prediction pass's.
 
 Ratios: training / prediction pass (the goal: at most 2.5) and prediction / bare model throughput (at least 0.8).
 
@@ -30,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import data_dir, write_section
+from common import data_dir, served, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,6 +78,29 @@ def bare_model(onnx_path: Path, photos: list[Path], threads: int = 2, batch_size
     return len(pixels) / (time.monotonic() - started)
 
 
+def served_predictions(run: Path, photos: list[Path], concurrency: int = 2) -> tuple[float, dict[str, int]]:
+    """Photos per second of ``POST /predict`` on ``landmarks serve RUN`` (after 4 warm-up requests), and the landmark
+    each photo was answered with."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    contents = [p.read_bytes() for p in photos]
+    with served(run) as (base, _), httpx.Client(base_url=base, timeout=120) as client:
+        def ask(i: int) -> int:
+            response = client.post("/predict", files={"photo": (photos[i].name, contents[i], "image/jpeg")})
+            response.raise_for_status()
+            return int(response.json()["landmark_id"])
+
+        for i in range(min(4, len(photos))):
+            ask(i)
+        started = time.monotonic()
+        with ThreadPoolExecutor(concurrency) as pool:
+            answered = list(pool.map(ask, range(len(photos))))
+        rate = len(photos) / (time.monotonic() - started)
+    return rate, {str(p.resolve()): a for p, a in zip(photos, answered)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="glr")
@@ -113,13 +138,19 @@ def main() -> None:
     predict_seconds, _ = _landmarks("predict", str(run), str(data / "train"), "--out", str(folder / "predictions.csv"))
     predict_rate = len(photos) / predict_seconds
     bare_rate = bare_model(run / "model.onnx", photos[: args.bare_photos])
+    served_rate, served_answers = served_predictions(run, photos[: args.bare_photos])
+    predicted = {str(Path(path).resolve()): int(landmark) for path, landmark in
+                 pd.read_csv(folder / "predictions.csv")[["path", "landmark_id"]].itertuples(index=False)}
+    differing = sum(int(predicted[path]) != answer for path, answer in served_answers.items())
 
     figures = {
         "cache_s": cache_seconds, "train_s": train_seconds, "backbone_pass_s": backbone,
         "epochs": int(len(history)), "epochs_s": epochs_seconds, "finishing_s": finishing,
         "calibration_s": calibration, "export_s": export_seconds, "predict_s": predict_seconds,
         "predict_photos_per_s": predict_rate, "bare_photos_per_s": bare_rate,
+        "served_photos_per_s": served_rate, "served_answers_differing": differing,
         "train_over_predict": train_seconds / predict_seconds, "predict_over_bare": predict_rate / bare_rate,
+        "served_over_bare": served_rate / bare_rate,
         "held_out": {k: metrics.get(k) for k in ("accuracy", "gap", "map_at_100", "classifier_accuracy")},
     }
     print(json.dumps(figures, indent=1))
@@ -149,9 +180,11 @@ LANDMARKS_DATA=../shared/data/landmarks-mini .venv/bin/python benchmarks/bench_t
 | - of which the calibration ({'six calibration models'}) | {sec(calibration)} |
 | **prediction pass** (`landmarks predict`, {predict_rate:.1f} photos/s) | **{sec(predict_seconds)}** |
 | bare model ({bare_rate:.1f} photos/s) | |
+| `POST /predict` ({served_rate:.1f} photos/s, 2 at a time; {differing} of {len(served_answers)} answers differ from the prediction pass) | |
 
 **Training = {figures['train_over_predict']:.2f} prediction passes** (goal: at most 2.5); **prediction =
-{figures['predict_over_bare']:.2f}x the bare model** (goal: at least 0.8). Held-out split of the run: accuracy
+{figures['predict_over_bare']:.2f}x the bare model** (goal: at least 0.8), **`/predict` =
+{figures['served_over_bare']:.2f}x**. Held-out split of the run: accuracy
 {held['accuracy']:.3f}, GAP {held['gap']:.3f}, mAP@100 {held['map_at_100']:.3f}.
 """
     if args.write:
