@@ -207,13 +207,14 @@ def main() -> None:
         rows = [teach(run_dir, catalog, held_out, photos, embedded, trained, args.max_queries, max(args.photos))
                 for photos in args.photos]
     scoring = RunFolder(run_dir).read_scoring()
-    body = report(args, rows, trained_what, scoring, run_dir)
+    body = report(args, rows, trained_what, scoring, run_dir, [catalog.name_of(i) for i in held_out])
     print(body)
     if args.write:
         write_section(TITLE.format(preset=args.preset) + (f", draw {args.draw}" if args.draw else ""), body)
 
 
-def report(args: argparse.Namespace, rows: list[dict], trained_what: str, scoring, run_dir: Path) -> str:
+def report(args: argparse.Namespace, rows: list[dict], trained_what: str, scoring, run_dir: Path,
+           taught_names: list[str]) -> str:
     def pct(value: float) -> str:
         return "n/a" if value != value else f"{value:.0%}"
 
@@ -236,6 +237,7 @@ def report(args: argparse.Namespace, rows: list[dict], trained_what: str, scorin
         f"threshold {scoring.recognize.min_confidence:.3f}")
     which = (f"landmarks-mini's {args.landmarks} largest landmarks" if not args.draw else
              f"{args.landmarks} landmarks drawn at random (seed {args.draw}) among those with {MIN_DRAWN_PHOTOS}+ photos")
+    which += f" ({', '.join(taught_names)})"
     queries = (f"each landmark asked about the same {args.max_queries} of its other photos" if args.max_queries
                else "all its other photos asked")
     command = ("LANDMARKS_DATA=../shared/data/landmarks-mini .venv/bin/python benchmarks/bench_enrol.py --write "

@@ -33,6 +33,25 @@ def test_export_writes_a_checked_model_with_a_dynamic_batch(run: Path):
         assert embedding.shape == (batch, 512) and logits.shape == (batch, 4)
 
 
+def test_mirror_images_go_with_their_photos_in_one_call_and_give_the_same_embeddings(run: Path):
+    """With tta_flip, photo and mirror image run as one batch (chunks of PHOTOS_PER_CALL photos): the same embeddings
+    and logits as a call for the photos and one for their mirror images."""
+    from landmarks.recognize.embed import PHOTOS_PER_CALL
+
+    export_run(run, check_photos=4)
+    embedder = OnnxEmbedder(run / "model.onnx", tta_flip=True)
+    plain = OnnxEmbedder(run / "model.onnx")
+    images = np.random.default_rng(0).integers(0, 256, (PHOTOS_PER_CALL + 3, 32, 32, 3), dtype=np.uint8)
+    for batch in (images[:1], images):
+        embedding, logits = embedder(batch)
+        photo, photo_logits = plain(batch)
+        mirror, mirror_logits = plain(batch[:, :, ::-1])
+        summed = photo + mirror
+        assert np.allclose(embedding, summed / np.linalg.norm(summed, axis=1, keepdims=True), atol=1e-5)
+        assert np.allclose(logits, (photo_logits + mirror_logits) / 2, atol=1e-5)
+    assert embedder(images[:0])[0].shape == (0, 512)
+
+
 def test_a_failed_check_leaves_no_model_onnx(run: Path, monkeypatch: pytest.MonkeyPatch):
     """The model is written under a temporary name and renamed only after ONNX Runtime agreed with PyTorch."""
     from landmarks.errors import DataError

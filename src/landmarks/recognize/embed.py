@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterator, Protocol, Sequence
@@ -78,6 +79,10 @@ def onnx_session(onnx_path: Path, threads: int | None = None) -> ort.InferenceSe
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
+PHOTOS_PER_CALL = 16  # photos per ONNX Runtime call with their mirror images: 32 images, the bare model's batch
+# (a photo alone goes with its mirror image in one call of 2, 16 % faster than two calls of 1 for glr here)
+
+
 class OnnxEmbedder:
     """Runs model.onnx in ONNX Runtime on uint8 NHWC photos."""
 
@@ -86,16 +91,27 @@ class OnnxEmbedder:
         shape = self.session.get_inputs()[0].shape
         self.input_size_px = int(shape[1])
         self.tta_flip = tta_flip
+        # one call at a time: each already runs on every thread it was given, so concurrent calls (the service's
+        # requests) would only make the threads fight over the cores while the photos wait in line either way
+        self.one_at_a_time = threading.Lock()
 
     def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        images = np.ascontiguousarray(images, dtype=np.uint8)
-        embedding, logits = self.session.run([EMBEDDING, LOGITS], {INPUT: images})
-        if self.tta_flip:
-            flipped_embedding, flipped_logits = self.session.run([EMBEDDING, LOGITS], {INPUT: np.ascontiguousarray(images[:, :, ::-1])})
-            embedding = embedding + flipped_embedding
-            logits = (logits + flipped_logits) / 2
-            embedding = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
-        return embedding.astype(np.float32), logits.astype(np.float32)
+        with self.one_at_a_time:
+            return self._embed(np.ascontiguousarray(images, dtype=np.uint8))
+
+    def _embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not self.tta_flip or not len(images):
+            embedding, logits = self.session.run([EMBEDDING, LOGITS], {INPUT: images})
+            return embedding.astype(np.float32), logits.astype(np.float32)
+        embeddings, all_logits = [], []
+        for start in range(0, len(images), PHOTOS_PER_CALL):  # photos and their mirror images in one call
+            photos = images[start : start + PHOTOS_PER_CALL]
+            embedding, logits = self.session.run([EMBEDDING, LOGITS], {INPUT: np.concatenate([photos, photos[:, :, ::-1]])})
+            embeddings.append(embedding[: len(photos)] + embedding[len(photos) :])
+            all_logits.append((logits[: len(photos)] + logits[len(photos) :]) / 2)
+        embedding = np.concatenate(embeddings)
+        embedding = embedding / np.maximum(np.linalg.norm(embedding, axis=1, keepdims=True), 1e-12)
+        return embedding.astype(np.float32), np.concatenate(all_logits).astype(np.float32)
 
 
 def load_embedder(run: RunFolder, backend: str = "auto", tta_flip: bool = False) -> Embedder:

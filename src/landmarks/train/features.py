@@ -28,13 +28,12 @@ from torch.utils.data import Dataset
 from landmarks.config import AugmentConfig
 from landmarks.data.images import ImageCache
 from landmarks.models.onnx_graph import with_static_padding, write_onnx
-from landmarks.recognize.embed import onnx_session
+from landmarks.recognize.embed import PHOTOS_PER_CALL, onnx_session
 from landmarks.utils import progress
 
 log = logging.getLogger(__name__)
 
 PHOTO_AND_MIRROR = 2  # views: the photo, then its mirror image
-PASS_BATCH = 16  # photos per backbone call: with their mirror images 32 images, the bare model's batch
 
 
 def flips_only(augment: AugmentConfig) -> bool:
@@ -142,7 +141,7 @@ def _onnx_runner(model: nn.Module, size_px: int, folder: Path | None) -> Callabl
 
 @torch.inference_mode()
 def backbone_views(model: torch.nn.Module, cache: ImageCache, positions: np.ndarray, labels: np.ndarray,
-                   views: int = PHOTO_AND_MIRROR, batch_size: int = PASS_BATCH, runtime: str = "auto",
+                   views: int = PHOTO_AND_MIRROR, batch_size: int = PHOTOS_PER_CALL, runtime: str = "auto",
                    device: torch.device | None = None, desc: str = "backbone",
                    runner: Callable[[np.ndarray], tuple[torch.Tensor, torch.Tensor | None]] | None = None) -> SplitViews:
     """Every photo at ``positions`` of the cache (and with ``views`` 2 its mirror image) through ``model``'s
