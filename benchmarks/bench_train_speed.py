@@ -13,7 +13,8 @@ Measured one after the other on the same machine, so that their ratios hold howe
 6. ``POST /predict`` of ``landmarks serve RUN`` on loopback: the same photos as the bare model, two at a time (the
    client shares the cores), whose answers must be the prediction pass's.
 
-Ratios: training / prediction pass (the goal: at most 2.5) and prediction / bare model throughput (at least 0.8).
+Ratios: training / prediction pass (the goal: at most 2.5) and prediction and ``/predict`` / bare model throughput
+(at least 0.8).
 
     LANDMARKS_DATA=../shared/data/landmarks-mini .venv/bin/python benchmarks/bench_train_speed.py --write
 """
@@ -141,7 +142,7 @@ def main() -> None:
     served_rate, served_answers = served_predictions(run, photos[: args.bare_photos])
     predicted = {str(Path(path).resolve()): int(landmark) for path, landmark in
                  pd.read_csv(folder / "predictions.csv")[["path", "landmark_id"]].itertuples(index=False)}
-    differing = sum(int(predicted[path]) != answer for path, answer in served_answers.items())
+    differing = sum(predicted[path] != answer for path, answer in served_answers.items())
 
     figures = {
         "cache_s": cache_seconds, "train_s": train_seconds, "backbone_pass_s": backbone,
